@@ -1,0 +1,250 @@
+# -*- coding: utf-8 -*-
+# Copyright: zfsync engineers
+# BSD 2-Clause License (see LICENSE)
+"""Framed connections: exact frame reads with bounds, and handing the socket
+to a zfs process for the stream.
+
+Two rules from measurements on these machines shape this file:
+
+* A Python socket with a timeout is non-blocking at the OS level; handed to
+  ``zfs send``/``zfs receive`` it makes them fail with EAGAIN. While a zfs
+  process owns the socket, the socket is blocking.
+* A stream may legitimately take hours, so a zfs process that owns the
+  socket is bounded by *inactivity*: the kernel's SO_RCVTIMEO/SO_SNDTIMEO on
+  the (blocking) socket make its read()/write() fail after that many seconds
+  without progress, whoever does the I/O (zfs-fuse in userspace, OpenZFS in
+  the kernel).
+"""
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence, Tuple
+
+from . import protocol
+
+# How long the receiver waits for the second half of a 512-byte frame after
+# the first 256 bytes: a sender writes a whole frame at once and then waits
+# for the answer, so the rest is already there or never comes.
+FRAME_DETECT_WAIT = 0.25
+
+
+class ConnectionClosed(ConnectionError):
+    """The peer closed the connection (EOF), possibly in the middle of a frame."""
+
+
+class FrameTimeout(TimeoutError):
+    """No complete frame within the bound."""
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
+
+
+def set_inactivity_bound(sock: socket.socket, seconds: float) -> None:
+    """Kernel-level send/receive timeouts; they bound a zfs process doing
+    blocking I/O on this socket by inactivity, not by total time."""
+    if seconds and seconds > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds))
+
+
+def enable_keepalive(sock: socket.socket, idle: int = 60, interval: int = 15, count: int = 4) -> None:
+    """Detect a peer that vanished without a FIN (power loss, cut cable)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            except OSError:
+                pass
+
+
+def bytes_acked(sock: socket.socket) -> Optional[int]:
+    """Bytes the peer has acknowledged on this socket (Linux tcp_info
+    tcpi_bytes_acked); None where the platform does not tell."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (OSError, AttributeError):
+        return None
+    if len(info) < 128:
+        return None
+    return struct.unpack_from("Q", info, 120)[0]
+
+
+class FramedConnection:
+    """One TCP connection carrying fixed-size frames and raw ZFS streams.
+
+    ``frame_size`` is 256, 512, or None on a receiver that detects it from
+    the peer's first frame and then answers in the same size."""
+
+    def __init__(self, sock: socket.socket, frame_size: Optional[int] = protocol.DEFAULT_FRAME_SIZE,
+                 stream_idle_timeout: float = 600.0):
+        self.sock = sock
+        self.frame_size = frame_size
+        self.frames_sent = 0
+        self.frames_received = 0
+        set_inactivity_bound(sock, stream_idle_timeout)
+        enable_keepalive(sock)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Every frame waits for an answer: Nagle plus delayed ACKs would
+            # add tens of milliseconds to each exchange.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # -- frames --------------------------------------------------------------
+
+    def _recv_exact(self, count: int, deadline: float, partial_ok: bool = False) -> bytes:
+        chunks = []
+        received = 0
+        while received < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if partial_ok:
+                    break
+                raise FrameTimeout("no complete frame within the time bound (%d of %d bytes)" % (received, count))
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(count - received)
+            except socket.timeout:
+                continue
+            except (ConnectionResetError, BrokenPipeError) as error:
+                raise ConnectionClosed("connection reset by peer: %s" % error)
+            if not chunk:
+                if received == 0 and not chunks:
+                    raise ConnectionClosed("peer closed the connection")
+                raise ConnectionClosed("peer closed the connection in the middle of a frame (%d of %d bytes)"
+                                       % (received, count))
+            chunks.append(chunk)
+            received += len(chunk)
+        return b"".join(chunks)
+
+    def read_frame(self, timeout: float) -> str:
+        """Read exactly one frame (TCP may split it) and return its message."""
+        deadline = time.monotonic() + timeout
+        if self.frame_size is None:
+            data = self._recv_exact(256, deadline)
+            try:
+                rest = self._recv_exact(256, min(deadline, time.monotonic() + FRAME_DETECT_WAIT), partial_ok=True)
+            except ConnectionClosed:
+                rest = b""  # a 256-byte sender that said its last word
+            if not rest:
+                self.frame_size = 256
+            else:
+                self.frame_size = 512
+                if len(rest) < 256:
+                    rest += self._recv_exact(256 - len(rest), deadline)
+                data += rest
+        else:
+            data = self._recv_exact(self.frame_size, deadline)
+        self.frames_received += 1
+        return protocol.decode_frame(data)
+
+    def read_raw(self, count: int, timeout: float) -> bytes:
+        """Bytes that follow a frame (an xsync snapshot list)."""
+        return self._recv_exact(count, time.monotonic() + timeout)
+
+    def send_frame(self, text: str, timeout: float = 60.0) -> None:
+        size = self.frame_size or protocol.DEFAULT_FRAME_SIZE
+        self.send_raw(protocol.encode_frame(text, size), timeout)
+        self.frames_sent += 1
+
+    def send_raw(self, data: bytes, timeout: float = 60.0) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.sendall(data)
+        except socket.timeout:
+            raise FrameTimeout("peer did not take %d bytes within %.0f s" % (len(data), timeout))
+        except (BrokenPipeError, ConnectionResetError) as error:
+            raise ConnectionClosed("connection lost while sending: %s" % error)
+
+    def readable(self, timeout: float = 0.0) -> bool:
+        """True when the peer sent something (or closed) without us reading it."""
+        try:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+        except (OSError, ValueError):
+            return True
+        return bool(ready)
+
+    # -- streams -------------------------------------------------------------
+
+    def run_zfs(self, zfs_spawn, argv: Sequence[str], direction: str,
+                stop_check=None, watch_peer: bool = False) -> Tuple[int, str]:
+        """Run a zfs process with this socket as its stdout (``direction``
+        "send") or stdin ("receive"); wait for it without a total bound (the
+        kernel's inactivity bound ends a stalled stream), stop it early when
+        ``stop_check()`` turns true or, with ``watch_peer``, when the peer
+        writes or closes while we are sending (it gave up on the stream).
+        Returns (exit status, stderr)."""
+        self.sock.settimeout(None)  # blocking while zfs owns the socket
+        if direction == "send":
+            proc = zfs_spawn(argv, stdout=self.sock.fileno())
+        else:
+            proc = zfs_spawn(argv, stdin=self.sock.fileno())
+        reason = None
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if stop_check is not None and stop_check():
+                    reason = "stopped: the daemon is shutting down"
+                elif watch_peer and self.readable():
+                    reason = "the peer stopped reading the stream"
+                if reason:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(timeout=10)
+                    break
+        finally:
+            stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+            if proc.stderr:
+                proc.stderr.close()
+        if reason:
+            stderr = (reason + "; " + stderr).strip("; ")
+        return proc.returncode, stderr.strip()
+
+
+def resolve(host: str, port: int) -> list:
+    """Addresses for a host name, IPv4 or IPv6 literal (``[::1]`` too)."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+
+
+def connect(host: str, port: int, timeout: float, bind_address: Optional[str] = None) -> socket.socket:
+    """Connect with a bound; try every address the name resolves to."""
+    last_error: Optional[Exception] = None
+    for family, socktype, proto, _, address in resolve(host, port):
+        sock = socket.socket(family, socktype, proto)
+        try:
+            if bind_address:
+                sock.bind((bind_address, 0))
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as error:
+            last_error = error
+            sock.close()
+    raise ConnectionError("cannot connect to %s port %d: %s" % (host, port, last_error))

@@ -1,0 +1,633 @@
+# -*- coding: utf-8 -*-
+# Copyright: zfsync engineers
+# BSD 2-Clause License (see LICENSE)
+"""The receiver daemon: accepts sender connections, decides per dataset what
+it needs, receives ZFS streams straight from the socket.
+
+Where the original is unsafe, ours differs (docs/architecture.md has the
+reasons):
+
+* Every new or replacement copy is received *aside*, into the buffer
+  dataset ``ROOT.zfsyncbuffer`` (mountpoint=none), and renamed into place
+  only when complete: a broken stream never leaves a half dataset, and FULL
+  replaces the old copy only after the new one has fully arrived.
+* A buffered copy (a child that came before its parent, or an interrupted
+  run) is a valid replica: the next sync continues from it instead of
+  starting over.
+* Suffixes and snapshot names are validated before anything touches ZFS;
+  error flags are flat files whose names cannot escape the flag directory.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import select
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+from urllib.parse import quote
+
+from . import __version__, protocol
+from .connection import ConnectionClosed, FramedConnection, FrameTimeout
+from .logs import Log
+from .zfs import Zfs, ZfsError
+
+BUFFER_SUFFIX = ".zfsyncbuffer"
+ROOT_ENTRY = "ROOT"  # the buffer entry of the root itself (HEX("") is empty)
+OLD_MARK = ".old"  # an old copy set aside during a FULL swap
+
+
+@dataclass
+class ReceiverOptions:
+    root: str
+    port: int = 30
+    listen_address: str = "127.0.0.1"
+    backlog: int = 50
+    threads: int = 4
+    log_file: Optional[str] = "/var/log/zfshad.log"
+    flag_dir: str = "/var/run/zfshad"
+    verbose: bool = False
+    frame_size: Optional[int] = None  # None: detect per connection
+    pid_file: Optional[str] = None
+    idle_timeout: float = 300.0  # between frames
+    stream_idle_timeout: float = 600.0  # no stream bytes for this long
+    stop_timeout: float = 30.0  # grace for a running receive on SIGTERM
+    lock_wait: float = 600.0  # wait for a subtree lock (FULL swap)
+    allow_full: bool = True
+
+
+class Busy(RuntimeError):
+    pass
+
+
+class TreeLocks:
+    """Per-dataset locks. ``one`` locks a dataset; ``tree`` locks it and all
+    its descendants (a FULL swap moves children). Two syncs of the same
+    dataset never interleave: the second is refused at once."""
+
+    def __init__(self) -> None:
+        self._held: Dict[str, Tuple[str, object]] = {}
+        self._cond = threading.Condition()
+
+    def _conflict(self, name: str, mode: str, owner: object) -> Optional[str]:
+        """"same" when another owner holds this very dataset, "tree" when a
+        subtree lock overlaps, None when free."""
+        found = None
+        for held, (held_mode, held_owner) in self._held.items():
+            if held_owner is owner:
+                continue
+            if held == name:
+                return "same"
+            if held_mode == "tree" and name.startswith(held + "/"):
+                found = "tree"
+            if mode == "tree" and held.startswith(name + "/"):
+                found = "tree"
+        return found
+
+    def acquire(self, name: str, owner: object, mode: str = "one", wait: float = 600.0) -> None:
+        """Refuse at once when another sync holds this dataset; wait (up to
+        ``wait`` seconds) while a FULL swap moves a subtree it belongs to."""
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while True:
+                conflict = self._conflict(name, mode, owner)
+                if conflict is None:
+                    break
+                remaining = deadline - time.monotonic()
+                if (conflict == "same" and mode == "one") or remaining <= 0:
+                    raise Busy("%s is busy (another sync holds it)" % name)
+                self._cond.wait(remaining)
+            self._held[name] = (mode, owner)
+
+    def release(self, name: str, owner: object) -> None:
+        with self._cond:
+            if self._held.get(name, (None, None))[1] is owner:
+                del self._held[name]
+            self._cond.notify_all()
+
+
+
+class ErrorFlags:
+    """Monitoring flags: ``<flag_dir>/<quoted suffix>.<cmd>``, a symlink to
+    ``ERROR`` while the last such command for that dataset failed.
+
+    The original used the raw suffix (``/a/b.sync`` needs a folder, and a
+    suffix from the network could plant a symlink anywhere); ours quotes it
+    into one flat name: ``/a/b`` -> ``%2Fa%2Fb.sync``, the root -> ``.sync``."""
+
+    def __init__(self, directory: Optional[str]):
+        self.directory = directory
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+
+    def path(self, suffix: str, command: str) -> Optional[str]:
+        if not self.directory:
+            return None
+        return os.path.join(self.directory, quote(suffix, safe="") + "." + command)
+
+    def set(self, suffix: str, command: str) -> None:
+        path = self.path(suffix, command)
+        if not path:
+            return
+        temp = "%s.tmp%d.%d" % (path, os.getpid(), threading.get_ident())
+        try:
+            os.symlink("ERROR", temp)
+            os.replace(temp, path)
+        except OSError:
+            pass
+
+    def clear(self, suffix: str, command: str) -> None:
+        path = self.path(suffix, command)
+        if path:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass
+
+
+class SyncFailed(RuntimeError):
+    """A sync step failed; ``reason`` goes back to the sender after ``1:``."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(reason + (": " + detail if detail else ""))
+
+
+@dataclass
+class Session:
+    """One accepted connection, served by one worker thread."""
+
+    conn: FramedConnection
+    peer: str
+    thread: int
+    owner: object = field(default_factory=object)
+
+
+class Receiver:
+    def __init__(self, options: ReceiverOptions, zfs: Optional[Zfs] = None, log: Optional[Log] = None):
+        self.options = options
+        self.root = options.root.rstrip("/")
+        self.buffer = self.root + BUFFER_SUFFIX
+        self.zfs = zfs or Zfs()
+        self.log = log or Log(options.log_file, options.verbose)
+        self.flags = ErrorFlags(options.flag_dir)
+        self.locks = TreeLocks()
+        self._connections: "queue.Queue[Tuple[socket.socket, str]]" = queue.Queue()
+        self._stopping = threading.Event()
+        self._stop_deadline = 0.0
+        self._generation = 0
+        self._workers: List[threading.Thread] = []
+        self._listener: Optional[socket.socket] = None
+        self._signal_pending: List[int] = []
+
+    # -- life cycle ----------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Check ZFS and create the buffer dataset (never mounted)."""
+        protocol.validate_component(self.root.split("/")[0], "pool name")
+        if not self.zfs.exists(self.buffer):
+            self.zfs.create(self.buffer, {"canmount": "off", "mountpoint": "none"}, parents=True)
+            self.log.main("main", "created buffer dataset %s" % self.buffer)
+
+    def listen(self) -> socket.socket:
+        address = self.options.listen_address
+        infos = socket.getaddrinfo(address or None, self.options.port, 0, socket.SOCK_STREAM,
+                                   socket.IPPROTO_TCP, socket.AI_PASSIVE)
+        family, socktype, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, socktype, proto)
+        # The original did not set this: a restart right after a crash failed
+        # to bind for about a minute.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(self.options.backlog)
+        self._listener = sock
+        return sock
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        assert self._listener is not None
+        return self._listener.getsockname()[:2]
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            self._signal_pending.append(signum)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.request_stop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, handler)
+
+    def request_stop(self) -> None:
+        if not self._stopping.is_set():
+            self._stop_deadline = time.monotonic() + self.options.stop_timeout
+            self._stopping.set()
+
+    def _past_stop_deadline(self) -> bool:
+        return self._stopping.is_set() and time.monotonic() > self._stop_deadline
+
+    def serve_forever(self) -> None:
+        if self._listener is None:
+            self.listen()
+        host, port = self.address
+        self.log.main("main", "zfsync_recv %s listening on %s port %d, root %s, %d threads"
+                      % (__version__, host, port, self.root, self.options.threads))
+        self._spawn_workers()
+        try:
+            while not self._stopping.is_set():
+                self._handle_signals()
+                try:
+                    ready, _, _ = select.select([self._listener], [], [], 0.5)
+                except InterruptedError:
+                    continue
+                if not ready:
+                    continue
+                try:
+                    sock, address = self._listener.accept()
+                except OSError as error:
+                    if error.errno in (errno.EINTR, errno.EAGAIN, errno.ECONNABORTED):
+                        continue
+                    raise
+                peer = "%s:%s" % address[:2]
+                if self._connections.qsize() >= self.options.backlog:
+                    self.log.main("main", "refused %s: %d connections already waiting" % (peer, self._connections.qsize()))
+                    sock.close()
+                    continue
+                self._connections.put((sock, peer))
+        finally:
+            self._shutdown()
+
+    def _handle_signals(self) -> None:
+        while self._signal_pending:
+            signum = self._signal_pending.pop(0)
+            if signum == signal.SIGUSR1:
+                self.log.reopen()
+                self.log.main("main", "SIGUSR1: logs reopened")
+            elif signum == signal.SIGUSR2:
+                self.log.main("main", "SIGUSR2: respawning workers")
+                self._generation += 1
+                self._spawn_workers()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self.log.main("main", "signal %d: stopping" % signum)
+
+    def _spawn_workers(self) -> None:
+        generation = self._generation
+        self._workers = [w for w in self._workers if w.is_alive()]
+        for number in range(1, self.options.threads + 1):
+            worker = threading.Thread(target=self._worker, args=(number, generation),
+                                      name="zfsync-recv-%d" % number, daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    def _shutdown(self) -> None:
+        self._handle_signals()
+        if self._listener is not None:
+            self._listener.close()
+        deadline = time.monotonic() + self.options.stop_timeout + 15
+        for worker in self._workers:
+            worker.join(max(0.1, deadline - time.monotonic()))
+        while not self._connections.empty():
+            sock, _ = self._connections.get_nowait()
+            sock.close()
+        self.log.main("main", "stopped")
+
+    def _worker(self, number: int, generation: int) -> None:
+        while not self._stopping.is_set() and generation == self._generation:
+            try:
+                sock, peer = self._connections.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            conn = FramedConnection(sock, self.options.frame_size, self.options.stream_idle_timeout)
+            session = Session(conn, peer, number)
+            try:
+                self.serve_connection(session)
+            except Exception as error:  # a bug must not kill the worker
+                self.log.main(str(number), "connection %s: internal error: %r" % (peer, error))
+            finally:
+                conn.close()
+
+    # -- one connection ------------------------------------------------------
+
+    def _reply(self, session: Session, ok: bool, text: str) -> bool:
+        size = session.conn.frame_size or protocol.DEFAULT_FRAME_SIZE
+        message = protocol.format_reply(ok, text)
+        raw = message.encode("utf-8")[: size - 1]
+        message = raw.decode("utf-8", "ignore")
+        try:
+            session.conn.send_frame(message, timeout=60)
+            return True
+        except (ConnectionClosed, FrameTimeout, OSError):
+            return False
+
+    def serve_connection(self, session: Session) -> None:
+        """Frames until ``:close``, EOF, an error reply, or shutdown."""
+        self.log.main(str(session.thread), "connection from %s" % session.peer)
+        fd = session.conn.fileno()
+        while not self._stopping.is_set():
+            try:
+                text = session.conn.read_frame(self.options.idle_timeout)
+            except ConnectionClosed:
+                return
+            except FrameTimeout as error:
+                self.log.main(str(session.thread), "%s: closing idle connection: %s" % (session.peer, error))
+                return
+            except protocol.ProtocolError as error:
+                self._reply(session, False, str(error))
+                self.log.main(str(session.thread), "%s: bad frame: %s" % (session.peer, error))
+                return
+            except OSError as error:
+                self.log.main(str(session.thread), "%s: %s" % (session.peer, error))
+                return
+            try:
+                request = protocol.parse_request(text)
+            except protocol.ProtocolError as error:
+                self.log.main(str(session.thread), "%s: refused %r: %s" % (session.peer, text[:120], error))
+                self._reply(session, False, str(error))
+                return
+            self.log.worker(session.thread, fd, request.suffix, request.command, "request from %s" % session.peer)
+            if request.command == protocol.CMD_CLOSE:
+                return
+            if request.command == protocol.CMD_HELLO:
+                if not self._reply(session, True, protocol.hello_reply(__version__)):
+                    return
+                continue
+            if request.command == protocol.CMD_CLEANBUFFER:
+                failures = self.clean_buffer(session)
+                if failures:
+                    self._reply(session, False, "cleanbuffer: %d entries could not be placed" % failures)
+                else:
+                    self._reply(session, True, protocol.REPLY_OK)
+                return  # the original closes after cleanbuffer; so do we
+            if not self._serve_sync(session, request):
+                return
+
+    def _serve_sync(self, session: Session, request: protocol.Request) -> bool:
+        """sync / xsync / xplan; False when the connection must close."""
+        snapshots = request.snapshots
+        if request.list_length is not None:
+            try:
+                raw = session.conn.read_raw(request.list_length, 60.0)
+                snapshots = protocol.parse_snapshot_list(raw.decode("utf-8"))
+            except (ConnectionClosed, FrameTimeout, OSError) as error:
+                self.log.main(str(session.thread), "%s: snapshot list lost: %s" % (session.peer, error))
+                return False
+            except (protocol.ProtocolError, UnicodeDecodeError) as error:
+                self._reply(session, False, "bad snapshot list: %s" % error)
+                return False
+            if not snapshots:
+                self._reply(session, False, "sync without snapshots")
+                return False
+        assert snapshots is not None
+        plan_only = request.command == protocol.CMD_XPLAN
+        try:
+            self.sync_dataset(session, request.suffix, tuple(snapshots), plan_only)
+        except SyncFailed as failure:
+            self.log.main(str(session.thread), "%s: %s%s: %s" % (session.peer, self.root, request.suffix, failure))
+            self.log.worker(session.thread, session.conn.fileno(), request.suffix, request.command, "failed: %s" % failure)
+            if not plan_only:
+                self.flags.set(request.suffix, protocol.CMD_SYNC)
+            self._reply(session, False, str(failure))
+            return False
+        except (ConnectionClosed, FrameTimeout, OSError) as error:
+            self.log.main(str(session.thread), "%s: %s%s: connection lost: %s" % (session.peer, self.root, request.suffix, error))
+            if not plan_only:
+                self.flags.set(request.suffix, protocol.CMD_SYNC)
+            return False
+        if not plan_only:
+            self.flags.clear(request.suffix, protocol.CMD_SYNC)
+        return True
+
+    # -- one dataset ---------------------------------------------------------
+
+    def target_of(self, suffix: str) -> str:
+        return self.root + suffix
+
+    def buffer_entry(self, suffix: str) -> str:
+        return self.buffer + "/" + (protocol.hex_suffix(suffix) if suffix else ROOT_ENTRY)
+
+    def suffix_of_entry(self, entry_name: str) -> str:
+        if entry_name == ROOT_ENTRY:
+            return ""
+        return protocol.unhex_suffix(entry_name)
+
+    def sync_dataset(self, session: Session, suffix: str, snapshots: Tuple[str, ...], plan_only: bool) -> None:
+        target = self.target_of(suffix)
+        entry = self.buffer_entry(suffix)
+        if len(target) > protocol.MAX_DATASET_NAME or len(entry) + len(OLD_MARK) > protocol.MAX_DATASET_NAME:
+            raise SyncFailed("dataset name too long", target)
+        try:
+            self.locks.acquire(target, session.owner, wait=self.options.lock_wait)
+        except Busy as error:
+            raise SyncFailed("busy", str(error))
+        try:
+            self._sync_locked(session, suffix, target, entry, snapshots, plan_only)
+        finally:
+            self.locks.release(target, session.owner)
+
+    def _locate(self, target: str, entry: str) -> Optional[str]:
+        """Where the receiver's copy is: in place, in the buffer, or nowhere."""
+        if self.zfs.exists(target):
+            return target
+        if self.zfs.exists(entry):
+            return entry
+        return None
+
+    def _sync_locked(self, session: Session, suffix: str, target: str, entry: str,
+                     snapshots: Tuple[str, ...], plan_only: bool) -> None:
+        thread = str(session.thread)
+        try:
+            location = self._locate(target, entry)
+            have = self.zfs.snapshots(location) if location else []
+        except ZfsError as error:
+            raise SyncFailed("zfs_open", str(error))
+        decision = protocol.decide(snapshots, location is not None, have, self.options.allow_full)
+        if decision.action == "refuse":
+            raise SyncFailed("FULL refused", "%s shares no snapshot with the sender and this receiver refuses FULL" % target)
+        if plan_only:
+            self._reply_or_lost(session, True, decision.reply_text)
+            return
+        self._reply_or_lost(session, True, decision.reply_text)
+        self.log.main(thread, "%s: %s (%s%s)" % (target, decision.action, location or "absent",
+                                                 ", base " + decision.base if decision.base else ""))
+        if decision.action == "uptodate":
+            # An original sender reads one more frame after 0:<newest>; ours
+            # reads it too. The original receiver hung here instead.
+            self._prune(session, suffix, location, have, snapshots)
+            if location == entry:
+                self._place(entry, target)
+        elif decision.action == "incremental":
+            assert location is not None
+            self._receive_incremental(session, location, decision, snapshots)
+            self._prune(session, suffix, location, self.zfs.snapshots(location), snapshots)
+            if location == entry:
+                self._place(entry, target)
+        elif decision.action == "new":
+            self._receive_full(session, entry, snapshots, "new")
+            self._place(entry, target)
+        else:  # full
+            self._replace(session, target, entry, location, snapshots)
+        self._reply_or_lost(session, True, protocol.REPLY_OK)
+
+    def _reply_or_lost(self, session: Session, ok: bool, text: str) -> None:
+        if not self._reply(session, ok, text):
+            raise ConnectionClosed("sender went away")
+
+    def _receive(self, session: Session, dest: str, force: bool, what: str) -> None:
+        argv = self.zfs.receive_argv(dest, force)
+        status, stderr = session.conn.run_zfs(self.zfs.spawn, argv, "receive", stop_check=self._past_stop_deadline)
+        if status != 0 and not self.zfs.receive_failed_only_to_mount(stderr):
+            raise SyncFailed("zfs_receive(%s)" % what, stderr or "exit status %s" % status)
+        try:
+            warning = self.zfs.settle_received(dest)
+        except ZfsError as error:
+            raise SyncFailed("zfs_receive(%s)" % what, "received, but: %s" % error)
+        if warning:
+            self.log.main(str(session.thread), "%s: received, still mounted: %s" % (dest, warning))
+
+    def _receive_full(self, session: Session, dest: str, snapshots: Sequence[str], what: str) -> None:
+        """A full stream, then, unless it already carried every snapshot
+        (a combined stream from older originals), the incremental that the
+        latest original and ours send right after it."""
+        if self.zfs.exists(dest):
+            self.zfs.destroy(dest, recursive=True)  # a stale partial copy aside
+        self._receive(session, dest, True, what)
+        received = self.zfs.snapshots(dest)
+        if received and received[-1] == snapshots[-1]:
+            return
+        if len(snapshots) < 2 or not received:
+            raise SyncFailed("zfs_receive(%s)" % what, "stream ended before @%s" % snapshots[-1])
+        self._receive(session, dest, False, what)
+        received = self.zfs.snapshots(dest)
+        if not received or received[-1] != snapshots[-1]:
+            raise SyncFailed("zfs_receive(%s)" % what, "stream ended before @%s" % snapshots[-1])
+
+    def _receive_incremental(self, session: Session, location: str, decision: protocol.Decision,
+                             snapshots: Sequence[str]) -> None:
+        if decision.destroy_first:
+            # Newer than the common snapshot and gone from the sender: the
+            # incremental cannot land on top of them.
+            try:
+                self.zfs.destroy_snapshots(location, decision.destroy_first)
+            except ZfsError as error:
+                raise SyncFailed("zfs_receive(incr)", str(error))
+        # -F rolls back changes made on the replica since the common snapshot.
+        self._receive(session, location, True, "incr")
+        received = self.zfs.snapshots(location)
+        if not received or received[-1] != snapshots[-1]:
+            raise SyncFailed("zfs_receive(incr)", "stream ended before @%s" % snapshots[-1])
+
+    def _replace(self, session: Session, target: str, entry: str, location: str, snapshots: Sequence[str]) -> None:
+        """FULL: receive the new copy aside, then swap it in. The old copy
+        stays untouched until the new one is complete."""
+        if location == entry:
+            # A buffered copy that shares nothing with the sender: worthless.
+            self._receive_full(session, entry, snapshots, "full")
+            self._place(entry, target)
+            return
+        self._receive_full(session, entry, snapshots, "full")
+        try:
+            self.locks.acquire(target, session.owner, mode="tree", wait=self.options.lock_wait)
+        except Busy as error:
+            raise SyncFailed("zfs_receive(full)", "new copy kept aside in %s: %s" % (entry, error))
+        old = entry + OLD_MARK
+        try:
+            for child in self.zfs.children(target):
+                self.zfs.rename(child, entry + child[len(target):])
+            self.zfs.rename(target, old)
+            self.zfs.rename(entry, target)
+        except ZfsError as error:
+            raise SyncFailed("zfs_receive(full)", "swap failed, copies kept in %s: %s" % (self.buffer, error))
+        finally:
+            self.locks.acquire(target, session.owner, mode="one")
+        try:
+            self.zfs.destroy(old, recursive=True)
+        except ZfsError as error:
+            self.log.main(str(session.thread), "old copy %s left for cleanbuffer: %s" % (old, error))
+
+    def _prune(self, session: Session, suffix: str, location: str, have: Sequence[str], snapshots: Sequence[str]) -> None:
+        stale = protocol.snapshots_to_prune(have, snapshots)
+        if not stale:
+            self.flags.clear(suffix, "prune")
+            return
+        try:
+            self.zfs.destroy_snapshots(location, stale)
+            self.flags.clear(suffix, "prune")
+            self.log.worker(session.thread, session.conn.fileno(), suffix, "sync",
+                            "pruned %s" % " ".join("@" + s for s in stale))
+        except ZfsError as error:
+            # The data arrived; a snapshot that cannot go (a clone's origin,
+            # a hold) is for monitoring, not a failed sync.
+            self.flags.set(suffix, "prune")
+            self.log.main(str(session.thread), "%s: prune failed: %s" % (location, error))
+
+    def _place(self, entry: str, target: str) -> bool:
+        """Rename a complete buffered copy into place if its parent exists."""
+        parent = target.rsplit("/", 1)[0]
+        if "/" in target and not self.zfs.exists(parent):
+            return False
+        self.zfs.rename(entry, target)
+        return True
+
+    # -- cleanbuffer ---------------------------------------------------------
+
+    def clean_buffer(self, session: Session) -> int:
+        """Place every buffered copy whose target is missing (parents first),
+        drop copies whose target exists and old copies left by a FULL swap.
+        Entries another sync is working on are left alone. Returns the number
+        of entries that could not be handled."""
+        thread = str(session.thread)
+        try:
+            entries = [name[len(self.buffer) + 1:] for name in self.zfs.children(self.buffer)]
+        except ZfsError as error:
+            self.log.main(thread, "cleanbuffer: %s" % error)
+            self.flags.set("", protocol.CMD_CLEANBUFFER)
+            return 1
+        placed: Dict[str, str] = {}
+        for name in entries:
+            base = name[: -len(OLD_MARK)] if name.endswith(OLD_MARK) else name
+            try:
+                placed[name] = self.target_of(self.suffix_of_entry(base))
+            except protocol.ProtocolError:
+                self.log.main(thread, "cleanbuffer: leaving unknown entry %s/%s" % (self.buffer, name))
+        failures = 0
+        # Shallow targets first, so a parent is in place before its children.
+        for name in sorted((n for n in placed if not n.endswith(OLD_MARK)), key=lambda n: placed[n].count("/")):
+            failures += not self._clean_entry(thread, session, self.buffer + "/" + name, placed[name])
+        for name in (n for n in placed if n.endswith(OLD_MARK)):
+            failures += not self._clean_entry(thread, session, self.buffer + "/" + name, placed[name], old=True)
+        if failures:
+            self.flags.set("", protocol.CMD_CLEANBUFFER)
+        else:
+            self.flags.clear("", protocol.CMD_CLEANBUFFER)
+        return failures
+
+    def _clean_entry(self, thread: str, session: Session, entry: str, target: str, old: bool = False) -> bool:
+        try:
+            self.locks.acquire(target, session.owner, wait=0)
+        except Busy:
+            self.log.main(thread, "cleanbuffer: %s busy, left for the next run" % target)
+            return True
+        try:
+            if self.zfs.exists(target):
+                self.zfs.destroy(entry, recursive=True)
+                self.log.main(thread, "cleanbuffer: %s exists, dropped %s" % (target, entry))
+                return True
+            if old:
+                # The swap stopped between its two renames and the new copy
+                # is gone too: the old copy is the only one; put it back.
+                return self._place(entry, target)
+            if self._place(entry, target):
+                self.log.main(thread, "cleanbuffer: %s -> %s" % (entry, target))
+                return True
+            self.log.main(thread, "cleanbuffer: parent of %s missing, %s stays buffered" % (target, entry))
+            return False
+        except ZfsError as error:
+            self.log.main(thread, "cleanbuffer: %s: %s" % (entry, error))
+            return False
+        finally:
+            self.locks.release(target, session.owner)

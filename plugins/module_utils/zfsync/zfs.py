@@ -1,0 +1,321 @@
+# -*- coding: utf-8 -*-
+# Copyright: zfsync engineers
+# BSD 2-Clause License (see LICENSE)
+"""The one place that runs zfs(8).
+
+Every other part of the engine reaches ZFS through ``Zfs``. It probes once
+what the installed ZFS supports (zfs-fuse has no ``send -c``, ``list -p``,
+``receive -u``/``-o``/``-s``; OpenZFS on Linux and FreeBSD have them all),
+so the same engine runs on each.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, IO, Iterable, List, Optional, Sequence, Union
+
+# Bounds for zfs(8) commands that do not move a stream. Listing a big tree
+# can take a while on a loaded pool; nothing here should take minutes.
+COMMAND_TIMEOUT = 300.0
+# zfs-fuse reports "dataset is busy" for a few seconds after a dataset was
+# created or mounted; OpenZFS does so while a mount is being torn down.
+BUSY_RETRY_SECONDS = 15.0
+
+_C_LOCALE = {"LC_ALL": "C", "LANG": "C", "LANGUAGE": "C"}
+
+
+class ZfsError(RuntimeError):
+    """A zfs(8) command failed: says which command and what zfs printed."""
+
+    def __init__(self, argv: Sequence[str], returncode: Optional[int], stderr: str):
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        detail = self.stderr or ("exit status %s" % returncode)
+        super().__init__("%s: %s" % (" ".join(self.argv), detail))
+
+    @property
+    def busy(self) -> bool:
+        return "busy" in self.stderr
+
+    @property
+    def missing(self) -> bool:
+        return "does not exist" in self.stderr or "could not find any snapshots" in self.stderr
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the installed zfs(8) accepts, probed from its usage text."""
+
+    send_flags: FrozenSet[str]
+    receive_flags: FrozenSet[str]
+    list_parsable: bool
+
+    @property
+    def send_compressed(self) -> bool:
+        return "c" in self.send_flags
+
+    @property
+    def send_parsable(self) -> bool:
+        return "P" in self.send_flags
+
+    @property
+    def receive_unmounted(self) -> bool:
+        return "u" in self.receive_flags
+
+    @property
+    def receive_properties(self) -> bool:
+        return "o" in self.receive_flags
+
+    @property
+    def receive_resumable(self) -> bool:
+        return "s" in self.receive_flags
+
+
+def _usage_flags(usage: str, subcommand: str) -> FrozenSet[str]:
+    """Single-letter options named in the usage lines of one subcommand:
+    ``send [-DLPbcehnpsvw] [-i|-I snapshot]`` -> {D, L, ..., i, I}."""
+    flags = set()
+    for line in usage.splitlines():
+        line = line.strip()
+        if not line.startswith(subcommand + " "):
+            continue
+        for group in re.findall(r"\[([^\]]*)\]", line):
+            for token in re.split(r"[\s|]+", group.strip()):
+                if re.match(r"^-[A-Za-z]+$", token) and (len(token) == 2 or token == group.strip()):
+                    flags.update(token[1:])
+    return frozenset(flags)
+
+
+class Zfs:
+    """zfs(8) through argv lists, the C locale and bounded waits."""
+
+    def __init__(self, zfs_bin: str = "zfs", timeout: float = COMMAND_TIMEOUT):
+        self.zfs_bin = zfs_bin
+        self.timeout = timeout
+        self._capabilities: Optional[Capabilities] = None
+        self._lock = threading.Lock()
+
+    # -- running -------------------------------------------------------------
+
+    def _argv(self, args: Sequence[str]) -> List[str]:
+        return [self.zfs_bin] + list(args)
+
+    @staticmethod
+    def _env() -> Dict[str, str]:
+        env = dict(os.environ)
+        env.update(_C_LOCALE)
+        return env
+
+    def run(self, args: Sequence[str], check: bool = True, timeout: Optional[float] = None) -> str:
+        """Run ``zfs ARGS``; return stdout, raise ZfsError on failure."""
+        argv = self._argv(args)
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=self._env(),
+                                  timeout=timeout or self.timeout, close_fds=True)
+        except FileNotFoundError:
+            raise ZfsError(argv, None, "zfs command not found (%s): is ZFS installed?" % self.zfs_bin)
+        except subprocess.TimeoutExpired:
+            raise ZfsError(argv, None, "timed out after %.0f s" % (timeout or self.timeout))
+        out = proc.stdout.decode("utf-8", "replace")
+        err = proc.stderr.decode("utf-8", "replace")
+        if check and proc.returncode != 0:
+            raise ZfsError(argv, proc.returncode, err)
+        return out
+
+    def _run_retrying_busy(self, args: Sequence[str]) -> str:
+        deadline = time.monotonic() + BUSY_RETRY_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                return self.run(args)
+            except ZfsError as error:
+                if not error.busy or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # -- capabilities --------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        with self._lock:
+            if self._capabilities is None:
+                self._capabilities = self._probe()
+            return self._capabilities
+
+    def _usage(self, subcommand: str) -> str:
+        argv = self._argv([subcommand])
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, env=self._env(), timeout=30)
+        except FileNotFoundError:
+            raise ZfsError(argv, None, "zfs command not found (%s): is ZFS installed?" % self.zfs_bin)
+        except subprocess.TimeoutExpired:
+            raise ZfsError(argv, None, "timed out probing zfs %s" % subcommand)
+        return proc.stdout.decode("utf-8", "replace")
+
+    def _probe(self) -> Capabilities:
+        send = _usage_flags(self._usage("send"), "send")
+        receive = _usage_flags(self._usage("receive"), "receive")
+        argv = self._argv(["list", "-H", "-p", "-o", "name", "zfsync-capability-probe/none"])
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=self._env(), timeout=30)
+        list_parsable = b"invalid option" not in proc.stderr
+        return Capabilities(send, receive, list_parsable)
+
+    # -- reading -------------------------------------------------------------
+
+    def exists(self, name: str) -> bool:
+        argv = ["list", "-H", "-o", "name", "-t", "all", name]
+        try:
+            self.run(argv)
+            return True
+        except ZfsError as error:
+            if error.missing:
+                return False
+            raise
+
+    def filesystems(self, root: str) -> List[str]:
+        """``root`` and its descendant filesystems and volumes, parent before
+        children (pre-order), siblings by name."""
+        out = self.run(["list", "-H", "-o", "name", "-t", "filesystem,volume", "-r", root])
+        names = [line for line in out.splitlines() if line]
+        return sorted(names, key=lambda n: n.split("/"))
+
+    def children(self, name: str) -> List[str]:
+        out = self.run(["list", "-H", "-o", "name", "-t", "filesystem,volume", "-d", "1", name])
+        return [line for line in out.splitlines() if line and line != name]
+
+    def snapshots(self, dataset: str) -> List[str]:
+        """Snapshot names (without ``dataset@``) of one dataset, oldest first."""
+        out = self.run(["list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg", "-d", "1", dataset])
+        prefix = dataset + "@"
+        return [line[len(prefix):] for line in out.splitlines() if line.startswith(prefix)]
+
+    def snapshots_tree(self, root: str) -> Dict[str, List[str]]:
+        """Snapshots of every dataset under ``root`` in one zfs(8) call:
+        {dataset: [names oldest first]}. Datasets without any are absent."""
+        out = self.run(["list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg", "-r", root])
+        tree: Dict[str, List[str]] = {}
+        for line in out.splitlines():
+            if "@" not in line:
+                continue
+            dataset, snap = line.split("@", 1)
+            tree.setdefault(dataset, []).append(snap)
+        return tree
+
+    def snapshot_creation(self, dataset: str) -> Dict[str, int]:
+        """{snapshot name: creation epoch seconds} of ``dataset``'s own
+        snapshots, oldest first. ``get -p`` gives seconds everywhere, where
+        zfs-fuse's ``list`` (no ``-p``) prints minutes only."""
+        names = self.snapshots(dataset)
+        if not names:
+            return {}
+        out = self.run(["get", "-H", "-p", "-o", "name,value", "creation"]
+                       + ["%s@%s" % (dataset, n) for n in names])
+        created = {}
+        for line in out.splitlines():
+            full, _, value = line.partition("\t")
+            if "@" in full and value.strip().isdigit():
+                created[full.split("@", 1)[1]] = int(value)
+        return {n: created[n] for n in names if n in created}
+
+    def get(self, name: str, prop: str) -> str:
+        return self.run(["get", "-H", "-o", "value", prop, name]).strip()
+
+    # -- changing ------------------------------------------------------------
+
+    def create(self, name: str, properties: Optional[Dict[str, str]] = None, parents: bool = False) -> None:
+        args = ["create"]
+        if parents:
+            args.append("-p")
+        for key, value in (properties or {}).items():
+            args += ["-o", "%s=%s" % (key, value)]
+        self.run(args + [name])
+
+    def set(self, name: str, prop: str, value: str) -> None:
+        self.run(["set", "%s=%s" % (prop, value), name])
+
+    def snapshot(self, names: Iterable[str], recursive: bool = False) -> None:
+        args = ["snapshot"] + (["-r"] if recursive else []) + list(names)
+        self.run(args)
+
+    def destroy(self, name: str, recursive: bool = False) -> None:
+        args = ["destroy"] + (["-r"] if recursive else []) + [name]
+        self._run_retrying_busy(args)
+
+    def destroy_snapshots(self, dataset: str, names: Sequence[str], recursive: bool = False) -> None:
+        for snap in names:
+            self.destroy("%s@%s" % (dataset, snap), recursive=recursive)
+
+    def rename(self, source: str, target: str) -> None:
+        self._run_retrying_busy(["rename", source, target])
+
+    def unmount(self, name: str) -> None:
+        if self.get(name, "mounted") == "yes":
+            self._run_retrying_busy(["unmount", name])
+
+    # -- streams -------------------------------------------------------------
+
+    def send_argv(self, dataset: str, to: str, base: Optional[str] = None) -> List[str]:
+        """``zfs send -p [-c] [-I @base] dataset@to``: a compound stream with
+        properties, as the original sends."""
+        args = ["send", "-p"]
+        if self.capabilities.send_compressed:
+            args.append("-c")
+        if base is not None:
+            args += ["-I", "@" + base]
+        return self._argv(args + ["%s@%s" % (dataset, to)])
+
+    def receive_argv(self, target: str, force: bool) -> List[str]:
+        """``zfs receive [-F] -u -o canmount=noauto target``; where the
+        installed zfs lacks -u/-o the caller unmounts and sets canmount right
+        after (see ``settle_received``)."""
+        caps = self.capabilities
+        args = ["receive"]
+        if force:
+            args.append("-F")
+        if caps.receive_unmounted:
+            args.append("-u")
+        if caps.receive_properties:
+            args += ["-o", "canmount=noauto"]
+        return self._argv(args + [target])
+
+    def spawn(self, argv: Sequence[str], stdin: Union[int, IO, None] = None,
+              stdout: Union[int, IO, None] = None) -> subprocess.Popen:
+        """Start a zfs process that owns a socket; the caller bounds it."""
+        try:
+            return subprocess.Popen(list(argv), stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                                    stdout=stdout if stdout is not None else subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, env=self._env(), close_fds=True)
+        except FileNotFoundError:
+            raise ZfsError(argv, None, "zfs command not found (%s): is ZFS installed?" % self.zfs_bin)
+
+    def receive_failed_only_to_mount(self, stderr: str) -> bool:
+        """zfs-fuse cannot receive unmounted: it remounts after every
+        receive and reports a busy mountpoint as a failed receive although
+        the data arrived. The caller checks the snapshots that arrived."""
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        return (not self.capabilities.receive_unmounted and bool(lines)
+                and all(line.startswith("cannot mount") for line in lines))
+
+    def settle_received(self, name: str) -> Optional[str]:
+        """Keep a received dataset from mounting over the receiver's own
+        paths where ``receive -u -o canmount=noauto`` was not available.
+        Returns a warning when it stayed mounted (zfs-fuse races its own
+        remounts); canmount=noauto still keeps it from mounting again."""
+        caps = self.capabilities
+        if not caps.receive_properties:
+            self.set(name, "canmount", "noauto")
+        if not caps.receive_unmounted:
+            try:
+                self.unmount(name)
+            except ZfsError as error:
+                return str(error)
+        return None
