@@ -303,7 +303,7 @@ class Zfs:
         the data arrived. The caller checks the snapshots that arrived."""
         lines = [line for line in stderr.splitlines() if line.strip()]
         return (not self.capabilities.receive_unmounted and bool(lines)
-                and all(line.startswith("cannot mount") for line in lines))
+                and all(line.startswith(("cannot mount", "Make sure the FUSE module")) for line in lines))
 
     def settle_received(self, name: str) -> Optional[str]:
         """Keep a received dataset from mounting over the receiver's own

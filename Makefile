@@ -1,0 +1,47 @@
+# zfsync: `make help` lists every entry point.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+# The oldest managed-host Python we support runs the engine's tests as well.
+OLD_PYTHONS ?= 3.9
+
+.PHONY: help deps venv demo demo-clean test test-unit test-integration test-old-python sanity lint clean
+
+help: ## list the entry points
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+deps: ## system packages and a running ZFS (zfs-fuse unless the kernel has ZFS)
+	tools/deps.sh
+
+venv: ## the controller venv (.venv, CPython 3.13, ansible-core and test tools)
+	tools/venv.sh
+
+demo: deps ## local sandbox: file-backed pools, a receiver on 127.0.0.1, snapshots, a sync, both trees side by side
+	python3 tools/demo.py up
+
+demo-clean: ## stop the sandbox receiver and destroy the sandbox pools
+	python3 tools/demo.py clean
+
+test: deps venv ## the whole suite: unit, real-ZFS integration, old Pythons
+	$(MAKE) test-unit test-integration test-old-python
+
+test-unit: venv ## pure engine tests (no ZFS)
+	$(PYTEST) -q tests/unit/engine
+
+test-integration: deps venv ## engine and modules against real zfs-fuse/OpenZFS pools on 127.0.0.1
+	$(PYTEST) -q tests/integration
+
+test-old-python: deps ## engine unit + integration tests on the oldest supported managed-host Python
+	tools/pyvenvs.sh $(OLD_PYTHONS)
+	for v in $(OLD_PYTHONS); do .venv-py$$v/bin/pytest -q -p no:cacheprovider tests/unit/engine tests/integration/test_engine_sync.py || exit 1; done
+
+sanity: venv ## ansible-test sanity and units against the built, installed collection
+	tools/ansible-test.sh
+
+lint: venv ## ansible-lint, production profile
+	tools/lint.sh
+
+clean: ## remove build and test leftovers (keeps the venvs)
+	rm -rf build tests/output .pytest_cache

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# System packages the tests and the local sandbox need, and a running ZFS:
+# kernel OpenZFS when loaded, otherwise the zfs-fuse daemon (userspace ZFS).
+# Idempotent; needs root (apt-get).
+set -euo pipefail
+
+say() { printf 'deps.sh: %s\n' "$*"; }
+
+need=()
+command -v zfs-fuse >/dev/null 2>&1 || [ -d /sys/module/zfs ] || need+=(zfs-fuse)
+command -v pgrep >/dev/null 2>&1 || need+=(procps)
+command -v sh >/dev/null 2>&1 || need+=(dash)
+if [ "${#need[@]}" -gt 0 ]; then
+    say "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ -d /sys/module/zfs ]; then
+    say "kernel ZFS: $(cat /sys/module/zfs/version 2>/dev/null || echo loaded)"
+elif pgrep -x zfs-fuse >/dev/null; then
+    say "zfs-fuse running"
+else
+    say "starting zfs-fuse"
+    zfs-fuse -p /run/zfs-fuse.pid
+    for _ in $(seq 1 100); do
+        zpool list >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    zpool list >/dev/null 2>&1 || { echo "deps.sh: zfs-fuse did not come up" >&2; exit 1; }
+fi
