@@ -23,6 +23,8 @@ elif pgrep -x zfs-fuse >/dev/null; then
     say "zfs-fuse running"
 else
     say "starting zfs-fuse"
+    # A pid file left by a zfs-fuse that died makes it refuse to start.
+    rm -f /run/zfs-fuse.pid
     zfs-fuse -p /run/zfs-fuse.pid
     for _ in $(seq 1 100); do
         zpool list >/dev/null 2>&1 && break

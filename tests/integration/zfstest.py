@@ -59,6 +59,9 @@ def ensure_zfs() -> str:
     if not zfs_fuse_running():
         if shutil.which("zfs-fuse") is None:
             raise RuntimeError("no kernel ZFS and no zfs-fuse daemon: apt-get install zfs-fuse")
+        # A pid file left by a zfs-fuse that died makes it refuse to start.
+        if os.path.exists(ZFS_FUSE_PID):
+            os.unlink(ZFS_FUSE_PID)
         run(["zfs-fuse", "-p", ZFS_FUSE_PID])
     deadline = time.monotonic() + 30
     while run(["zpool", "list"], check=False).returncode != 0:

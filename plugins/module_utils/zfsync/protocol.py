@@ -110,7 +110,7 @@ def validate_component(name: str, what: str = "name") -> None:
     if len(name.encode("utf-8")) > MAX_DATASET_NAME:
         raise ProtocolError("%s too long" % what)
     if not _COMPONENT_RE.match(name):
-        raise ProtocolError("invalid character in %s %r" % (what, _printable(name)))
+        raise ProtocolError("invalid character in %s '%s'" % (what, _printable(name)))
 
 
 def validate_suffix(suffix: str) -> None:
