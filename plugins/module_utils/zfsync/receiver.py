@@ -19,6 +19,7 @@ reasons):
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
@@ -186,6 +187,7 @@ class Receiver:
         self._workers: List[threading.Thread] = []
         self._listener: Optional[socket.socket] = None
         self._signal_pending: List[int] = []
+        self._serial_receive = threading.Lock()
 
     # -- life cycle ----------------------------------------------------------
 
@@ -479,6 +481,14 @@ class Receiver:
 
     def _receive(self, session: Session, dest: str, force: bool, what: str) -> None:
         argv = self.zfs.receive_argv(dest, force)
+        # Where zfs cannot receive unmounted (zfs-fuse), every receive
+        # remounts the dataset and its children, and concurrent receives in
+        # one tree fail with "dataset is busy": receive one at a time there.
+        serial = self._serial_receive if not self.zfs.capabilities.receive_unmounted else contextlib.nullcontext()
+        with serial:
+            self._receive_one(session, dest, argv, what)
+
+    def _receive_one(self, session: Session, dest: str, argv: List[str], what: str) -> None:
         status, stderr = session.conn.run_zfs(self.zfs.spawn, argv, "receive", stop_check=self._past_stop_deadline)
         if status != 0 and not self.zfs.receive_failed_only_to_mount(stderr):
             raise SyncFailed("zfs_receive(%s)" % what, stderr or "exit status %s" % status)
