@@ -1,0 +1,67 @@
+# -*- coding: utf-8 -*-
+# Copyright: zfsync engineers
+# BSD 2-Clause License (see LICENSE)
+"""The receiver module refuses bad options with a clear message before it
+touches anything. What it does on a host is tested against real pools in
+tests/integration/test_module_receiver.py."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.zfsync.zfsync.plugins.modules import receiver
+
+
+def run_module(capsys, **args):
+    with patch_module_args(args):
+        with pytest.raises(SystemExit):
+            receiver.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def base_args(tmp_path, **overrides):
+    args = dict(dataset="tank/backup", service_manager="none", prefix=str(tmp_path / "prefix"),
+                pid_file=str(tmp_path / "recv.pid"), log_file=str(tmp_path / "recv.log"))
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize("dataset", ["tank/../etc", "tank/a@b", "tank/a:b", "tank//a"])
+def test_a_dataset_that_is_no_valid_root_is_refused(capsys, tmp_path, dataset):
+    result = run_module(capsys, **base_args(tmp_path, dataset=dataset))
+    assert result["failed"] is True
+    assert repr(dataset) in result["msg"] and "not a valid receiver root" in result["msg"]
+    assert not os.path.exists(str(tmp_path / "prefix"))
+
+
+@pytest.mark.parametrize("port", [0, 65536])
+def test_a_port_out_of_range_is_refused(capsys, tmp_path, port):
+    result = run_module(capsys, **base_args(tmp_path, port=port))
+    assert result["failed"] is True and "port must be 1..65535" in result["msg"]
+
+
+@pytest.mark.parametrize("option", ["threads", "backlog"])
+def test_threads_and_backlog_must_be_positive(capsys, tmp_path, option):
+    result = run_module(capsys, **base_args(tmp_path, **{option: 0}))
+    assert result["failed"] is True and option in result["msg"]
+
+
+def test_a_listen_address_with_spaces_is_refused(capsys, tmp_path):
+    result = run_module(capsys, **base_args(tmp_path, listen_address="0.0.0.0 -v"))
+    assert result["failed"] is True and "listen_address" in result["msg"]
+
+
+def test_a_launcher_interpreter_that_does_not_exist_is_refused(capsys, tmp_path):
+    missing = str(tmp_path / "no-python")
+    result = run_module(capsys, **base_args(tmp_path, python=missing))
+    assert result["failed"] is True and missing in result["msg"]
+    assert not os.path.exists(str(tmp_path / "prefix"))
+
+
+def test_an_unknown_frame_size_is_refused_by_the_argument_spec(capsys, tmp_path):
+    result = run_module(capsys, **base_args(tmp_path, frame_size="1024"))
+    assert result["failed"] is True and "frame_size" in result["msg"]
