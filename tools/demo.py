@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The local sandbox: two file-backed pools, a receiver daemon on 127.0.0.1,
 a dataset tree with data, snapshots taken and synced twice (full, then
 incremental), both trees printed side by side.
@@ -28,7 +27,7 @@ CHILDREN = ("/home", "/home/alice", "/home/bob", "/db", "/logs")
 
 def sh(*argv, check=True):
     proc = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=600, env=dict(os.environ, LC_ALL="C"))
+                          universal_newlines=True, timeout=600, env=dict(os.environ, LC_ALL="C"), check=False)
     if check and proc.returncode != 0:
         sys.exit("demo: %s failed: %s%s" % (" ".join(argv), proc.stdout, proc.stderr))
     return proc
@@ -134,7 +133,7 @@ def clean():
             time.sleep(0.1)
     for pool in (SRC_POOL, DST_POOL):
         if pool_exists(pool):
-            for _ in range(20):
+            for _attempt in range(20):
                 if sh("zpool", "destroy", "-f", pool, check=False).returncode == 0:
                     break
                 time.sleep(0.5)

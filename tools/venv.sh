@@ -37,7 +37,7 @@ case "${1:-}" in
     "") ;;
     --force) MODE=force ;;
     --check) MODE=check ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
 esac
 

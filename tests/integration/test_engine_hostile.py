@@ -60,18 +60,18 @@ def test_random_bytes_half_frames_and_silent_clients_do_not_wedge_the_daemon(dae
     daemon.start("--idle-timeout", "2", "-t", "2")
     before = datasets_on(receiver_pool)
     rng = random.Random(1234)
-    for _ in range(40):
+    for _attempt in range(40):
         with zfstest.raw_connection(daemon.port) as sock:
             sock.settimeout(10)
             try:
-                sock.sendall(bytes(rng.randrange(256) for _ in range(rng.choice([1, 100, 256, 300, 512, 700]))))
+                sock.sendall(bytes(rng.randrange(256) for _byte in range(rng.choice([1, 100, 256, 300, 512, 700]))))
                 sock.shutdown(socket.SHUT_WR)
                 while sock.recv(512):
                     pass
             except (ConnectionResetError, BrokenPipeError, OSError):
                 pass  # the daemon answered and closed before reading all of our bytes
     # Silent clients on every worker: the idle bound frees them.
-    silent = [socket.create_connection(("127.0.0.1", daemon.port)) for _ in range(4)]
+    silent = [socket.create_connection(("127.0.0.1", daemon.port)) for _worker in range(4)]
     half = socket.create_connection(("127.0.0.1", daemon.port))
     half.sendall(b"@s1::sy")
     started = time.monotonic()

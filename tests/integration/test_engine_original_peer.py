@@ -32,7 +32,7 @@ class OriginalLikeReceiver:
     def accept(self):
         while True:
             try:
-                conn, _ = self.listener.accept()
+                conn = self.listener.accept()[0]
             except OSError:
                 return
             threading.Thread(target=self.serve, args=(conn,), daemon=True).start()

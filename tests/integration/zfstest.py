@@ -30,7 +30,7 @@ ZFS_FUSE_PID = "/run/zfsync-tests-zfs-fuse.pid"
 def run(argv: List[str], check: bool = True, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, LC_ALL="C")
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                          env=env, universal_newlines=True, **kwargs)
+                          env=env, universal_newlines=True, check=False, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError("%s failed (%d): %s%s" % (" ".join(argv), proc.returncode, proc.stdout, proc.stderr))
     return proc
@@ -72,7 +72,7 @@ def ensure_zfs() -> str:
 
 
 def destroy_retrying(args: List[str], attempts: int = 20) -> None:
-    for _ in range(attempts):
+    for _attempt in range(attempts):
         proc = run(args, check=False)
         if proc.returncode == 0 or "no such pool" in proc.stderr or "does not exist" in proc.stderr:
             return
@@ -83,12 +83,13 @@ def destroy_retrying(args: List[str], attempts: int = 20) -> None:
 class Pools:
     """File-backed pools with unique names, destroyed at teardown."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, prefix: str = "zt"):
         self.directory = directory
+        self.prefix = prefix  # lets concurrent suites tell their pools apart
         self.created: List[str] = []
 
     def create(self, tag: str = "p", size: str = "192M") -> str:
-        name = "zt%s%d%d" % (tag, os.getpid() % 100000, next(_counter))
+        name = "%s%s%d%d" % (self.prefix, tag, os.getpid() % 100000, next(_counter))
         path = os.path.join(self.directory, name + ".img")
         with open(path, "wb") as handle:
             handle.truncate(_size_bytes(size))
@@ -229,7 +230,7 @@ def snapshot_checksums(snapshot: str, workdir: str) -> Dict[str, str]:
                 zfs("mount", clone)
             time.sleep(0.1)
         sums = {}
-        for directory, _, files in os.walk(where):
+        for directory, _dirs, files in os.walk(where):
             for name in files:
                 path = os.path.join(directory, name)
                 with open(path, "rb") as handle:
@@ -305,7 +306,7 @@ class Proxy:
 
         while not self._closed:
             try:
-                client, _ = self._listener.accept()
+                client = self._listener.accept()[0]
             except OSError:
                 return
             try:

@@ -177,7 +177,7 @@ class FramedConnection:
     def readable(self, timeout: float = 0.0) -> bool:
         """True when the peer sent something (or closed) without us reading it."""
         try:
-            ready, _, _ = select.select([self.sock], [], [], timeout)
+            ready = select.select([self.sock], [], [], timeout)[0]
         except (OSError, ValueError):
             return True
         return bool(ready)
@@ -236,7 +236,7 @@ def resolve(host: str, port: int) -> list:
 def connect(host: str, port: int, timeout: float, bind_address: Optional[str] = None) -> socket.socket:
     """Connect with a bound; try every address the name resolves to."""
     last_error: Optional[Exception] = None
-    for family, socktype, proto, _, address in resolve(host, port):
+    for family, socktype, proto, _canonname, address in resolve(host, port):
         sock = socket.socket(family, socktype, proto)
         try:
             if bind_address:

@@ -111,7 +111,6 @@ class TreeLocks:
             self._cond.notify_all()
 
 
-
 class ErrorFlags:
     """Monitoring flags: ``<flag_dir>/<quoted suffix>.<cmd>``, a symlink to
     ``ERROR`` while the last such command for that dataset failed.
@@ -202,7 +201,7 @@ class Receiver:
         address = self.options.listen_address
         infos = socket.getaddrinfo(address or None, self.options.port, 0, socket.SOCK_STREAM,
                                    socket.IPPROTO_TCP, socket.AI_PASSIVE)
-        family, socktype, proto, _, sockaddr = infos[0]
+        family, socktype, proto, _canonname, sockaddr = infos[0]
         sock = socket.socket(family, socktype, proto)
         # The original did not set this: a restart right after a crash failed
         # to bind for about a minute.
@@ -214,7 +213,8 @@ class Receiver:
 
     @property
     def address(self) -> Tuple[str, int]:
-        assert self._listener is not None
+        if self._listener is None:
+            raise RuntimeError("the receiver is not listening yet")
         return self._listener.getsockname()[:2]
 
     def install_signal_handlers(self) -> None:
@@ -244,7 +244,7 @@ class Receiver:
             while not self._stopping.is_set():
                 self._handle_signals()
                 try:
-                    ready, _, _ = select.select([self._listener], [], [], 0.5)
+                    ready = select.select([self._listener], [], [], 0.5)[0]
                 except InterruptedError:
                     continue
                 if not ready:
@@ -294,7 +294,7 @@ class Receiver:
         for worker in self._workers:
             worker.join(max(0.1, deadline - time.monotonic()))
         while not self._connections.empty():
-            sock, _ = self._connections.get_nowait()
+            sock = self._connections.get_nowait()[0]
             sock.close()
         self.log.main("main", "stopped")
 
@@ -384,7 +384,8 @@ class Receiver:
             if not snapshots:
                 self._reply(session, False, "sync without snapshots")
                 return False
-        assert snapshots is not None
+        if snapshots is None:  # parse_request guarantees a list for sync
+            raise RuntimeError("sync request without a snapshot list")
         plan_only = request.command == protocol.CMD_XPLAN
         try:
             self.sync_dataset(session, request.suffix, tuple(snapshots), plan_only)
@@ -463,7 +464,6 @@ class Receiver:
             if location == entry:
                 self._place(entry, target)
         elif decision.action == "incremental":
-            assert location is not None
             self._receive_incremental(session, location, decision, snapshots)
             self._prune(session, suffix, location, self.zfs.snapshots(location), snapshots)
             if location == entry:

@@ -167,7 +167,8 @@ class Worker:
             self.conn = None
 
     def reply(self, timeout: Optional[float] = None) -> protocol.Reply:
-        assert self.conn is not None
+        if self.conn is None:
+            raise ConnectionClosed("no connection to read a reply from")
         return protocol.parse_reply(self.conn.read_frame(timeout or self.options.timeout))
 
     # -- the loop ------------------------------------------------------------
@@ -386,7 +387,7 @@ def sync_tree(options: SyncOptions, zfs: Optional[Zfs] = None, log: Optional[Log
         result.datasets.append(item)
         run.work.put((item, snapshots.get(dataset, [])))
     workers = [Worker(run, n) for n in range(1, options.threads + 1)]
-    for _ in workers:
+    for _worker in workers:
         run.work.put(None)
     threads = [threading.Thread(target=w, name="zfsync-send-%d" % w.number, daemon=True) for w in workers]
     for thread in threads:

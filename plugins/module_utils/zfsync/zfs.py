@@ -117,7 +117,7 @@ class Zfs:
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, env=self._env(),
-                                  timeout=timeout or self.timeout, close_fds=True)
+                                  timeout=timeout or self.timeout, close_fds=True, check=False)
         except FileNotFoundError:
             raise ZfsError(argv, None, "zfs command not found (%s): is ZFS installed?" % self.zfs_bin)
         except subprocess.TimeoutExpired:
@@ -153,7 +153,7 @@ class Zfs:
         argv = self._argv([subcommand])
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, env=self._env(), timeout=30)
+                                  stderr=subprocess.STDOUT, env=self._env(), timeout=30, check=False)
         except FileNotFoundError:
             raise ZfsError(argv, None, "zfs command not found (%s): is ZFS installed?" % self.zfs_bin)
         except subprocess.TimeoutExpired:
@@ -165,7 +165,7 @@ class Zfs:
         receive = _usage_flags(self._usage("receive"), "receive")
         argv = self._argv(["list", "-H", "-p", "-o", "name", "zfsync-capability-probe/none"])
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=self._env(), timeout=30)
+                              stderr=subprocess.PIPE, env=self._env(), timeout=30, check=False)
         list_parsable = b"invalid option" not in proc.stderr
         return Capabilities(send, receive, list_parsable)
 
@@ -221,7 +221,7 @@ class Zfs:
                        + ["%s@%s" % (dataset, n) for n in names])
         created = {}
         for line in out.splitlines():
-            full, _, value = line.partition("\t")
+            full, _tab, value = line.partition("\t")
             if "@" in full and value.strip().isdigit():
                 created[full.split("@", 1)[1]] = int(value)
         return {n: created[n] for n in names if n in created}
