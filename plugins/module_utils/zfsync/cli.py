@@ -51,6 +51,27 @@ def _port(text: str) -> int:
     return value
 
 
+def add_tls_options(parser: argparse.ArgumentParser, whose: str) -> None:
+    parser.add_argument("--tls-cert", metavar="FILE", help="mutual TLS: %s certificate (PEM)" % whose)
+    parser.add_argument("--tls-key", metavar="FILE", help="its private key (default: in --tls-cert)")
+    parser.add_argument("--tls-ca", metavar="FILE", help="the CA the peer's certificate must come from")
+
+
+def _check_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if bool(args.tls_cert) != bool(args.tls_ca):
+        parser.error("--tls-cert and --tls-ca go together")
+
+
+def _check_networks(parser: argparse.ArgumentParser, networks: List[str]) -> None:
+    import ipaddress
+
+    for cidr in networks:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as error:
+            parser.error("--allow %s: %s" % (cidr, error))
+
+
 def recv_parser() -> Parser:
     parser = Parser(prog="zfsync_recv", description="zfsync receiver daemon: receives ZFS dataset trees from "
                     "zfsync senders (ours or the original) into ROOT_DATASET.")
@@ -70,6 +91,9 @@ def recv_parser() -> Parser:
     parser.add_argument("--stop-timeout", type=float, default=30.0, help="grace for a running receive on SIGTERM (s)")
     parser.add_argument("--no-full", action="store_true",
                         help="refuse FULL: never replace a copy that shares no snapshot with the sender")
+    parser.add_argument("--allow", action="append", default=[], metavar="CIDR",
+                        help="accept clients from this network only (repeatable); others get no answer")
+    add_tls_options(parser, "this receiver's")
     parser.add_argument("--version", action="version", version="zfsync_recv " + __version__)
     parser.add_argument("root", metavar="ROOT_DATASET")
     return parser
@@ -78,13 +102,17 @@ def recv_parser() -> Parser:
 def main_recv(argv: Optional[List[str]] = None) -> int:
     from .receiver import Receiver, ReceiverOptions
 
-    args = recv_parser().parse_args(argv)
+    parser = recv_parser()
+    args = parser.parse_args(argv)
+    _check_tls(parser, args)
+    _check_networks(parser, args.allow)
     options = ReceiverOptions(
         root=args.root, port=args.port, listen_address=args.listen, backlog=args.backlog,
         threads=args.threads, log_file=args.log_file, flag_dir=args.flag_dir, verbose=args.verbose,
         frame_size=args.frame_size, pid_file=args.pid_file, idle_timeout=args.idle_timeout,
         stream_idle_timeout=args.stream_idle_timeout, stop_timeout=args.stop_timeout,
-        allow_full=not args.no_full)
+        allow_full=not args.no_full, allow=tuple(args.allow), tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_ca=args.tls_ca)
     try:
         protocol.validate_suffix("/" + options.root)
     except protocol.ProtocolError as error:
@@ -95,7 +123,11 @@ def main_recv(argv: Optional[List[str]] = None) -> int:
     except OSError as error:
         print("zfsync_recv: cannot open log %s: %s" % (options.log_file, error), file=sys.stderr)
         return EXIT_FAILED
-    receiver = Receiver(options, log=log)
+    try:
+        receiver = Receiver(options, log=log)
+    except (OSError, ValueError) as error:  # unreadable certificates, mostly
+        print("zfsync_recv: cannot start: %s" % error, file=sys.stderr)
+        return EXIT_FAILED
     try:
         receiver.prepare()
         receiver.listen()
@@ -151,6 +183,9 @@ def send_parser() -> Parser:
     parser.add_argument("--plan", action="store_true",
                         help="only ask what would be sent (needs a zfsync receiver of ours); change nothing")
     parser.add_argument("--json", action="store_true", help="print the per-dataset results as JSON")
+    add_tls_options(parser, "this sender's")
+    parser.add_argument("--tls-server-name", metavar="NAME",
+                        help="the name the receiver's certificate must carry (default: RECEIVER)")
     parser.add_argument("--version", action="version", version="zfsync_send " + __version__)
     parser.add_argument("root", metavar="ROOT_DATASET")
     parser.add_argument("receiver", metavar="RECEIVER", help="host name, IPv4 or IPv6 address")
@@ -160,14 +195,17 @@ def send_parser() -> Parser:
 def main_send(argv: Optional[List[str]] = None) -> int:
     from .sender import SyncOptions, sync_tree
 
-    args = send_parser().parse_args(argv)
+    parser = send_parser()
+    args = parser.parse_args(argv)
+    _check_tls(parser, args)
     if args.frame_size is None:
         args.frame_size = protocol.DEFAULT_FRAME_SIZE
     options = SyncOptions(
         root=args.root, receiver=args.receiver, port=args.port, threads=args.threads,
         bind_address=args.bind, frame_size=args.frame_size, log_file=args.log_file, verbose=args.verbose,
         timeout=args.timeout, connect_timeout=args.connect_timeout,
-        stream_idle_timeout=args.stream_idle_timeout, plan_only=args.plan)
+        stream_idle_timeout=args.stream_idle_timeout, plan_only=args.plan, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name)
     try:
         log = Log(options.log_file, options.verbose)
     except OSError as error:

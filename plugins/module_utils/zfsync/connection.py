@@ -87,14 +87,15 @@ class FramedConnection:
     the peer's first frame and then answers in the same size."""
 
     def __init__(self, sock: socket.socket, frame_size: Optional[int] = protocol.DEFAULT_FRAME_SIZE,
-                 stream_idle_timeout: float = 600.0):
+                 stream_idle_timeout: float = 600.0, relay: "Optional[TlsRelay]" = None):
         self.sock = sock
+        self.relay = relay
         self.frame_size = frame_size
         self.frames_sent = 0
         self.frames_received = 0
         set_inactivity_bound(sock, stream_idle_timeout)
-        enable_keepalive(sock)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
+            enable_keepalive(sock)
             # Every frame waits for an answer: Nagle plus delayed ACKs would
             # add tens of milliseconds to each exchange.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -107,6 +108,15 @@ class FramedConnection:
             self.sock.close()
         except OSError:
             pass
+        if self.relay is not None:
+            self.relay.close()
+
+    def bytes_sent(self) -> Optional[int]:
+        """Bytes this side has delivered so far: through the TLS relay, or
+        acknowledged by the peer's TCP (Linux); None where unknown."""
+        if self.relay is not None:
+            return self.relay.bytes_out
+        return bytes_acked(self.sock)
 
     # -- frames --------------------------------------------------------------
 
@@ -248,3 +258,142 @@ def connect(host: str, port: int, timeout: float, bind_address: Optional[str] = 
             last_error = error
             sock.close()
     raise ConnectionError("cannot connect to %s port %d: %s" % (host, port, last_error))
+
+
+# -- TLS ---------------------------------------------------------------------
+
+RELAY_CHUNK = 256 * 1024
+RELAY_BUFFER = 1024 * 1024  # per direction: the relay's memory is bounded
+
+
+def tls_context(server: bool, cert: str, key: str, ca: str):
+    """Mutual TLS between our peers: each side presents a certificate and
+    accepts only certificates issued by ``ca``."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.load_verify_locations(ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    if not server:
+        context.check_hostname = True
+    return context
+
+
+def peer_certificate_name(tls_sock) -> Optional[str]:
+    """The commonName of the peer's verified certificate."""
+    cert = tls_sock.getpeercert() or {}
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
+class TlsRelay:
+    """Carries a TLS connection over a local socketpair, so that everything
+    else stays as on plain TCP: frames are read from, and zfs send/receive
+    get, an ordinary socket (``local``), and the protocol inside TLS is
+    unchanged. One thread moves bytes both ways with non-blocking I/O (an
+    SSL object must not be read and written from two threads), at most
+    RELAY_BUFFER bytes per direction in memory."""
+
+    def __init__(self, tls_sock):
+        import threading
+
+        self.tls = tls_sock
+        self.local, self._inner = socket.socketpair()
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="zfsync-tls-relay", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Close our end; the relay flushes what is still buffered towards
+        the peer (a last reply), then closes the TLS connection."""
+        try:
+            self.local.close()
+        except OSError:
+            pass
+        self._thread.join(10)
+        self._stop = True
+
+    def _run(self) -> None:
+        import ssl
+
+        tls, inner = self.tls, self._inner
+        tls.setblocking(False)
+        inner.setblocking(False)
+        to_tls, to_inner = bytearray(), bytearray()
+        tls_eof = inner_eof = inner_shut = False
+        try:
+            while not self._stop:
+                if tls_eof and not to_inner and not inner_shut:
+                    inner.shutdown(socket.SHUT_WR)  # the peer is done: EOF for zfs/frames
+                    inner_shut = True
+                if inner_eof and not to_tls:
+                    break
+                if tls_eof and inner_shut and inner_eof:
+                    break
+                readers, writers = [], []
+                if not tls_eof and len(to_inner) < RELAY_BUFFER:
+                    readers.append(tls)
+                if not inner_eof and len(to_tls) < RELAY_BUFFER:
+                    readers.append(inner)
+                if to_tls:
+                    writers.append(tls)
+                if to_inner:
+                    writers.append(inner)
+                pending = tls in readers and tls.pending()
+                ready_r, ready_w, _unused = select.select(readers, writers, [], 0 if pending else 1.0)
+                if pending or tls in ready_r:
+                    try:
+                        data = tls.recv(RELAY_CHUNK)
+                        if data:
+                            to_inner += data
+                            self.bytes_in += len(data)
+                        else:
+                            tls_eof = True
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+                    except (ssl.SSLError, OSError):
+                        tls_eof = True
+                if inner in ready_r:
+                    try:
+                        data = inner.recv(RELAY_CHUNK)
+                    except BlockingIOError:
+                        data = None
+                    except OSError:
+                        data = b""
+                    if data:
+                        to_tls += data
+                    elif data == b"":
+                        inner_eof = True
+                if tls in ready_w and to_tls:
+                    try:
+                        sent = tls.send(to_tls[:RELAY_CHUNK])
+                        del to_tls[:sent]
+                        self.bytes_out += sent
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+                    except (ssl.SSLError, OSError):
+                        break
+                if inner in ready_w and to_inner:
+                    try:
+                        sent = inner.send(to_inner[:RELAY_CHUNK])
+                        del to_inner[:sent]
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        to_inner.clear()
+                        tls_eof = True
+        except (OSError, ValueError):
+            pass
+        finally:
+            for sock in (inner, tls):
+                try:
+                    sock.close()
+                except OSError:
+                    pass

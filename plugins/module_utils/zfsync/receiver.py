@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import queue
 import select
@@ -33,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from . import __version__, protocol
-from .connection import ConnectionClosed, FramedConnection, FrameTimeout
+from .connection import ConnectionClosed, FramedConnection, FrameTimeout, TlsRelay, enable_keepalive, tls_context
 from .logs import Log
 from .zfs import Zfs, ZfsError
 
@@ -59,6 +60,11 @@ class ReceiverOptions:
     stop_timeout: float = 30.0  # grace for a running receive on SIGTERM
     lock_wait: float = 600.0  # wait for a subtree lock (FULL swap)
     allow_full: bool = True
+    allow: Tuple[str, ...] = ()  # client networks (CIDR); empty: everyone
+    tls_cert: Optional[str] = None  # mutual TLS: certificate, key, and the CA clients must hold
+    tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
+    handshake_timeout: float = 30.0
 
 
 class Busy(RuntimeError):
@@ -187,6 +193,9 @@ class Receiver:
         self._listener: Optional[socket.socket] = None
         self._signal_pending: List[int] = []
         self._serial_receive = threading.Lock()
+        self._allowed = [ipaddress.ip_network(cidr, strict=False) for cidr in options.allow]
+        self._tls = (tls_context(True, options.tls_cert, options.tls_key or options.tls_cert, options.tls_ca or "")
+                     if options.tls_cert else None)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -256,6 +265,11 @@ class Receiver:
                         continue
                     raise
                 peer = "%s:%s" % address[:2]
+                if not self.allowed(address[0]):
+                    # No answer at all: a refused client learns nothing.
+                    self.log.main("main", "refused %s: not in the allow list" % peer)
+                    sock.close()
+                    continue
                 if self._connections.qsize() >= self.options.backlog:
                     self.log.main("main", "refused %s: %d connections already waiting" % (peer, self._connections.qsize()))
                     sock.close()
@@ -304,7 +318,9 @@ class Receiver:
                 sock, peer = self._connections.get(timeout=0.5)
             except queue.Empty:
                 continue
-            conn = FramedConnection(sock, self.options.frame_size, self.options.stream_idle_timeout)
+            conn = self._open(sock, peer, number)
+            if conn is None:
+                continue
             session = Session(conn, peer, number)
             try:
                 self.serve_connection(session)
@@ -312,6 +328,30 @@ class Receiver:
                 self.log.main(str(number), "connection %s: internal error: %r" % (peer, error))
             finally:
                 conn.close()
+
+    def allowed(self, host: str) -> bool:
+        if not self._allowed:
+            return True
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+        if getattr(address, "ipv4_mapped", None):
+            address = address.ipv4_mapped
+        return any(address in network for network in self._allowed)
+
+    def _open(self, sock: socket.socket, peer: str, number: int) -> Optional[FramedConnection]:
+        """Plain TCP, or a mutual-TLS handshake (bounded): a client without a
+        certificate from our CA, or speaking plain text, gets nothing."""
+        if self._tls is None:
+            return FramedConnection(sock, self.options.frame_size, self.options.stream_idle_timeout)
+        enable_keepalive(sock)
+        try:
+            sock.settimeout(self.options.handshake_timeout)
+            tls = self._tls.wrap_socket(sock, server_side=True)
+        except (OSError, ValueError) as error:
+            self.log.main(str(number), "refused %s: TLS handshake failed: %s" % (peer, error))
+            sock.close()
+            return None
+        relay = TlsRelay(tls)
+        return FramedConnection(relay.local, self.options.frame_size, self.options.stream_idle_timeout, relay)
 
     # -- one connection ------------------------------------------------------
 

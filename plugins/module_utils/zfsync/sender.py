@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from . import __version__, protocol
-from .connection import ConnectionClosed, FramedConnection, FrameTimeout, bytes_acked, connect
+from .connection import (ConnectionClosed, FramedConnection, FrameTimeout, TlsRelay, connect, enable_keepalive,
+                         tls_context)
 from .logs import Log
 from .zfs import Zfs, ZfsError
 
@@ -41,6 +42,10 @@ class SyncOptions:
     connect_timeout: float = 30.0
     stream_idle_timeout: float = 600.0  # no stream bytes moving for this long
     plan_only: bool = False  # ask what would be sent (xplan); send nothing
+    tls_cert: Optional[str] = None  # mutual TLS with a zfsync receiver of ours
+    tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
+    tls_server_name: Optional[str] = None  # the name the receiver's certificate must carry
 
 
 @dataclass
@@ -156,9 +161,7 @@ class Worker:
 
     def connection(self) -> FramedConnection:
         if self.conn is None:
-            sock = connect(self.options.receiver, self.options.port, self.options.connect_timeout,
-                           self.options.bind_address)
-            self.conn = FramedConnection(sock, self.options.frame_size, self.options.stream_idle_timeout)
+            self.conn = open_connection(self.options)
         return self.conn
 
     def drop_connection(self) -> None:
@@ -204,7 +207,7 @@ class Worker:
         if not (reply.ok and reply.text == protocol.REPLY_OK):
             self.fail(result, "receiver: %s" % reply)
             return
-        acked = bytes_acked(self.conn.sock) if self.conn else None
+        acked = self.conn.bytes_sent() if self.conn else None
         if acked is not None and pending.acked_before is not None:
             result.bytes = max(0, acked - pending.acked_before - pending.frame_bytes)
         self.log("%s: %s done (%s bytes, %.2f s)" % (result.dataset, result.action, result.bytes, result.seconds))
@@ -245,7 +248,7 @@ class Worker:
             text = protocol.format_extended(extended, result.suffix, extra)
         try:
             conn = self.connection()
-            acked_before = bytes_acked(conn.sock)
+            acked_before = conn.bytes_sent()
             frames_before = conn.frames_sent
             conn.send_frame(text)
             if extra:
@@ -317,11 +320,32 @@ class Worker:
         self.drop_connection()
 
 
+def open_connection(options: SyncOptions) -> FramedConnection:
+    """A connection to the receiver: plain TCP, or mutual TLS carried by a
+    relay so that frames and streams see an ordinary socket."""
+    sock = connect(options.receiver, options.port, options.connect_timeout, options.bind_address)
+    if not options.tls_cert:
+        return FramedConnection(sock, options.frame_size, options.stream_idle_timeout)
+    enable_keepalive(sock)
+    context = tls_context(False, options.tls_cert, options.tls_key or options.tls_cert, options.tls_ca or "")
+    host = options.tls_server_name or options.receiver.strip("[]")
+    try:
+        sock.settimeout(options.connect_timeout)
+        tls = context.wrap_socket(sock, server_hostname=host)
+    except (OSError, ValueError) as error:
+        sock.close()
+        raise ConnectionError("TLS with %s port %d failed: %s" % (options.receiver, options.port, error))
+    relay = TlsRelay(tls)
+    return FramedConnection(relay.local, options.frame_size, options.stream_idle_timeout, relay)
+
+
 def probe_peer(options: SyncOptions) -> Tuple[str, Optional[str]]:
     """Ask ``:xhello``: ours answers with its version and extensions; an
     original answers ``1:Unknown cmd xhello`` and closes. Nothing else."""
-    sock = connect(options.receiver, options.port, options.connect_timeout, options.bind_address)
+    conn = open_connection(options)
+    sock = conn.sock
     try:
+        sock.settimeout(options.connect_timeout)
         sock.sendall(protocol.encode_frame(":" + protocol.CMD_HELLO, options.frame_size))
         sock.settimeout(min(options.timeout, 60.0))
         data = b""
@@ -346,7 +370,7 @@ def probe_peer(options: SyncOptions) -> Tuple[str, Optional[str]]:
     except (OSError, protocol.ProtocolError) as error:
         raise SenderError("protocol probe of %s port %d failed: %s" % (options.receiver, options.port, error))
     finally:
-        sock.close()
+        conn.close()
 
 
 def sync_tree(options: SyncOptions, zfs: Optional[Zfs] = None, log: Optional[Log] = None) -> RunResult:
@@ -368,7 +392,7 @@ def sync_tree(options: SyncOptions, zfs: Optional[Zfs] = None, log: Optional[Log
         return result
     try:
         result.peer, result.peer_version = probe_peer(options)
-    except (SenderError, ConnectionError, OSError) as error:
+    except (SenderError, ConnectionError, OSError, ValueError) as error:
         result.errors.append(str(error))
         result.seconds = time.monotonic() - started
         log.main("main", "zfsync_send %s: %s" % (__version__, error))
