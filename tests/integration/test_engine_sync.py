@@ -370,3 +370,22 @@ def test_unreachable_receiver_fails_fast_with_a_clear_message(sender_pool):
 
     assert proc.returncode == 1
     assert "cannot connect to 127.0.0.1 port" in proc.stdout + proc.stderr
+
+
+def test_cleanbuffer_finishes_a_full_swap_that_stopped_before_the_children_moved(sender_pool, daemon, tmp_path):
+    root = zfstest.make_tree(sender_pool, "local", children=("/a", "/a/b"))
+    zfs("snapshot", "-r", root + "@s1")
+    assert zfstest.send(root, daemon.port).returncode == 0
+    # The state a receiver killed in the middle of a FULL swap leaves: the
+    # old /a (with /a/b under it) set aside, the new /a already in place.
+    old = daemon.root + ".zfsyncbuffer/2F61.old"
+    zfstest.run(["zfs", "unmount", daemon.root + "/a/b"], check=False)
+    zfs("rename", daemon.root + "/a", old)
+    subprocess.run("zfs send -p %s/a@s1 | zfs receive %s/a" % (root, daemon.root), shell=True, check=True, timeout=60)
+
+    with zfstest.raw_connection(daemon.port, timeout=60) as sock:
+        assert zfstest.exchange(sock, ":cleanbuffer") == "0:OK"
+
+    assert zfstest.tree(daemon.root + ".zfsyncbuffer") == {"": []}
+    assert zfstest.tree(daemon.root) == {"": ["s1"], "/a": ["s1"], "/a/b": ["s1"]}
+    zfstest.assert_same_tree(root, daemon.root, str(tmp_path))

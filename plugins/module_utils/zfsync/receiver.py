@@ -544,7 +544,9 @@ class Receiver:
         (a combined stream from older originals), the incremental that the
         latest original and ours send right after it."""
         if self.zfs.exists(dest):
-            self.zfs.destroy(dest, recursive=True)  # a stale partial copy aside
+            if self.zfs.children(dest):
+                raise SyncFailed("zfs_receive(%s)" % what, "%s holds datasets; cleanbuffer must place them first" % dest)
+            self.zfs.destroy(dest, recursive=True)  # a stale copy aside, replaced by this stream
         self._receive(session, dest, True, what)
         received = self.zfs.snapshots(dest)
         if received and received[-1] == snapshots[-1]:
@@ -584,20 +586,53 @@ class Receiver:
             self.locks.acquire(target, session.owner, mode="tree", wait=self.options.lock_wait)
         except Busy as error:
             raise SyncFailed("zfs_receive(full)", "new copy kept aside in %s: %s" % (entry, error))
-        old = entry + OLD_MARK
         try:
-            for child in self.zfs.children(target):
-                self.zfs.rename(child, entry + child[len(target):])
-            self.zfs.rename(target, old)
-            self.zfs.rename(entry, target)
-        except ZfsError as error:
-            raise SyncFailed("zfs_receive(full)", "swap failed, copies kept in %s: %s" % (self.buffer, error))
+            self._swap(session, target, entry)
         finally:
             self.locks.acquire(target, session.owner, mode="one")
+
+    def _swap(self, session: Session, target: str, entry: str) -> None:
+        """Old copy (with its children) aside, new copy in, children moved
+        under the new copy, old copy destroyed once it has no children left.
+        The first rename either works or changes nothing; after it, every
+        copy is always somewhere cleanbuffer knows how to finish."""
+        old = entry + OLD_MARK
+        thread = str(session.thread)
+        self.zfs.unmount_tree(target)  # zfs-fuse: a mounted dataset is "busy"
+        try:
+            self.zfs.rename(target, old)
+        except ZfsError as error:
+            raise SyncFailed("zfs_receive(full)", "old copy left in place, new copy kept in %s: %s" % (entry, error))
+        try:
+            self.zfs.rename(entry, target)
+        except ZfsError as error:
+            try:
+                self.zfs.rename(old, target)
+            except ZfsError as undo:
+                self.log.main(thread, "old copy stays at %s for cleanbuffer: %s" % (old, undo))
+            raise SyncFailed("zfs_receive(full)", "new copy kept in %s: %s" % (entry, error))
+        self._adopt_children(thread, old, target)
+
+    def _adopt_children(self, thread: str, old: str, target: str) -> bool:
+        """Move the children of an old copy under its replacement, then
+        destroy the old copy if nothing is left under it."""
+        for child in self.zfs.children(old):
+            moved = target + child[len(old):]
+            try:
+                if self.zfs.exists(moved):
+                    self.log.main(thread, "%s exists already; %s stays for inspection" % (moved, child))
+                    continue
+                self.zfs.rename(child, moved)
+            except ZfsError as error:
+                self.log.main(thread, "child %s stays under the old copy for cleanbuffer: %s" % (child, error))
+        if self.zfs.children(old):
+            return False
         try:
             self.zfs.destroy(old, recursive=True)
         except ZfsError as error:
-            self.log.main(str(session.thread), "old copy %s left for cleanbuffer: %s" % (old, error))
+            self.log.main(thread, "old copy %s left for cleanbuffer: %s" % (old, error))
+            return False
+        return True
 
     def _prune(self, session: Session, suffix: str, location: str, have: Sequence[str], snapshots: Sequence[str]) -> None:
         stale = protocol.snapshots_to_prune(have, snapshots)
@@ -664,6 +699,12 @@ class Receiver:
             return True
         try:
             if self.zfs.exists(target):
+                if old:
+                    # A swap that stopped before its children had moved.
+                    return self._adopt_children(thread, entry, target)
+                if self.zfs.children(entry):
+                    self.log.main(thread, "cleanbuffer: %s holds datasets, left for inspection" % entry)
+                    return False
                 self.zfs.destroy(entry, recursive=True)
                 self.log.main(thread, "cleanbuffer: %s exists, dropped %s" % (target, entry))
                 return True

@@ -261,6 +261,19 @@ class Zfs:
         if self.get(name, "mounted") == "yes":
             self._run_retrying_busy(["unmount", name])
 
+    def unmount_tree(self, name: str) -> None:
+        """Best effort, deepest first; only where receives leave datasets
+        mounted (zfs-fuse), since a mounted dataset cannot be renamed there."""
+        if self.capabilities.receive_unmounted:
+            return
+        out = self.run(["list", "-H", "-o", "name,mounted", "-t", "filesystem", "-r", name], check=False)
+        mounted = [line.split("\t")[0] for line in out.splitlines() if line.endswith("\tyes")]
+        for dataset in sorted(mounted, key=lambda n: -n.count("/")):
+            try:
+                self._run_retrying_busy(["unmount", dataset])
+            except ZfsError:
+                pass
+
     # -- streams -------------------------------------------------------------
 
     def send_argv(self, dataset: str, to: str, base: Optional[str] = None) -> List[str]:
