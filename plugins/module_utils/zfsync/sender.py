@@ -212,6 +212,18 @@ class Worker:
             result.bytes = max(0, acked - pending.acked_before - pending.frame_bytes)
         self.log("%s: %s done (%s bytes, %.2f s)" % (result.dataset, result.action, result.bytes, result.seconds))
 
+    def receiver_reason(self) -> Optional[str]:
+        """When a stream breaks because the receiver gave up (a full pool, a
+        refused stream), its ``1:`` answer is usually waiting on the socket:
+        it says more than our side's broken pipe."""
+        if self.conn is None or not self.conn.readable(0.5):
+            return None
+        try:
+            reply = protocol.parse_reply(self.conn.read_frame(2.0))
+        except (ConnectionError, FrameTimeout, OSError, protocol.ProtocolError):
+            return None
+        return None if reply.ok else str(reply)
+
     def fail(self, result: DatasetResult, error: str) -> None:
         result.action = "failed"
         result.error = error
@@ -285,7 +297,9 @@ class Worker:
             argv = self.run.zfs.send_argv(result.dataset, stream.to, stream.base)
             status, stderr = conn.run_zfs(self.run.zfs.spawn, argv, "send", watch_peer=True)
             if status != 0:
-                self.fail(result, "zfs send %s@%s failed: %s" % (result.dataset, stream.to, stderr))
+                reason = self.receiver_reason()
+                self.fail(result, "receiver: %s" % reason if reason else
+                          "zfs send %s@%s failed: %s" % (result.dataset, stream.to, stderr))
                 return
         frame_bytes = (conn.frames_sent - frames_before) * self.options.frame_size + len(extra)
         self.pending = Pending(result, started, acked_before, frame_bytes)
