@@ -118,3 +118,37 @@ def test_two_senders_on_one_dataset_do_not_interleave(sender_pool, daemon):
         with zfstest.raw_connection(daemon.port) as second:
             assert zfstest.exchange(second, "@s1::sync").startswith("1:busy: ")
     assert_still_serving(daemon)
+
+
+def fuzz_frame(rng):
+    """Frames that look almost right: odd separators, long lists, stray
+    NULs, truncation, valid-looking commands with invalid parts."""
+    pieces = ["@s1", "@", ":", "::", "/a", "/..", "/a/b", "sync", "xsync", "xplan", "cleanbuffer", "close",
+              "\x00", "\xff", "%", "#", " ", "9999999", "@" + "x" * 300, ":/" + "y" * 200]
+    text = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12)))
+    data = text.encode("utf-8", "surrogateescape")[:rng.choice([100, 255, 511, 600])]
+    size = rng.choice([256, 512])
+    return data.ljust(size, b"\0") if rng.random() < 0.8 else data
+
+
+def test_bounded_fuzz_run_against_a_live_daemon(daemon, receiver_pool):
+    daemon.stop()
+    daemon.start("--idle-timeout", "1")
+    before = datasets_on(receiver_pool)
+    rng = random.Random(20261127)
+    deadline = time.monotonic() + 60
+    sent = 0
+    while sent < 300 and time.monotonic() < deadline:
+        with zfstest.raw_connection(daemon.port, timeout=5) as sock:
+            try:
+                sock.sendall(fuzz_frame(rng))
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass
+        sent += 1
+    assert sent >= 100
+    assert daemon.alive
+    assert datasets_on(receiver_pool) == before
+    assert_still_serving(daemon)
