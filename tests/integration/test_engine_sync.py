@@ -389,3 +389,19 @@ def test_cleanbuffer_finishes_a_full_swap_that_stopped_before_the_children_moved
     assert zfstest.tree(daemon.root + ".zfsyncbuffer") == {"": []}
     assert zfstest.tree(daemon.root) == {"": ["s1"], "/a": ["s1"], "/a/b": ["s1"]}
     zfstest.assert_same_tree(root, daemon.root, str(tmp_path))
+
+
+def test_a_stalled_stream_is_bounded_by_inactivity_not_total_time(sender_pool, daemon):
+    daemon.stop()
+    daemon.start("--stream-idle-timeout", "3")
+    root = zfstest.make_tree(sender_pool, "local", children=(), data_kib=512)
+    zfs("snapshot", root + "@s1")
+    stream = subprocess.run(["zfs", "send", "-p", root + "@s1"], stdout=subprocess.PIPE, check=True, timeout=60).stdout
+    with zfstest.raw_connection(daemon.port, timeout=60) as sock:
+        assert zfstest.exchange(sock, "@s1::sync") == "0:NEW"
+        sock.sendall(stream[:len(stream) // 2])  # then silence, connection open
+        started = time.monotonic()
+        reply = zfstest.recv_exact(sock, 512).split(b"\0", 1)[0].decode()
+    assert reply.startswith("1:zfs_receive(new)"), reply
+    assert 2 < time.monotonic() - started < 30
+    assert zfstest.run(["zfs", "list", daemon.root], check=False).returncode != 0
