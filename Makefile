@@ -24,8 +24,8 @@ demo: deps ## local sandbox: file-backed pools, a receiver on 127.0.0.1, snapsho
 demo-clean: ## stop the sandbox receiver and destroy the sandbox pools
 	python3 tools/demo.py clean
 
-test: deps venv ## the whole suite: unit, real-ZFS integration, old Pythons
-	$(MAKE) test-unit test-integration test-old-python
+test: deps venv ## the whole suite: unit, real-ZFS integration, old Pythons, ansible-test, lint
+	$(MAKE) test-unit test-integration test-old-python sanity lint
 
 test-unit: venv ## pure engine tests (no ZFS)
 	$(PYTEST) -q tests/unit/engine

@@ -10,11 +10,15 @@ need=()
 command -v zfs-fuse >/dev/null 2>&1 || [ -d /sys/module/zfs ] || need+=(zfs-fuse)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v sh >/dev/null 2>&1 || need+=(dash)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# ansible-test's shellcheck sanity test and the rc.d script's checkbashisms test.
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v checkbashisms >/dev/null 2>&1 || need+=(devscripts)
 if [ "${#need[@]}" -gt 0 ]; then
     say "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${need[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 if [ -d /sys/module/zfs ]; then
