@@ -103,6 +103,25 @@ options:
       - Interpreter of the launchers (their C(#!) line). Python 3.9 or later.
       - Default is the interpreter that runs this module.
     type: path
+  allow:
+    description:
+      - Networks (CIDR) whose clients may connect (C(--allow), repeatable); others are closed without an answer
+        and logged as refused. Empty means everyone who can reach O(listen_address).
+      - The module refuses to open a non-loopback listener without O(allow) or TLS (O(tls_cert)).
+    type: list
+    elements: str
+    default: []
+  tls_cert:
+    description:
+      - Mutual TLS with zfsync senders of ours (C(--tls-cert)): the daemon's certificate, PEM, on the receiver host.
+      - Senders must then use TLS with a certificate from O(tls_ca); original zfsync senders cannot connect.
+    type: path
+  tls_key:
+    description: The private key of O(tls_cert), if not in the same file (C(--tls-key)).
+    type: path
+  tls_ca:
+    description: The CA that senders' certificates must come from (C(--tls-ca)). Required with O(tls_cert).
+    type: path
   pid_file:
     description:
       - The daemon's pid file. With O(service_manager=none) it is how the daemon is found again; under rc.d
@@ -258,6 +277,7 @@ changed_files:
   sample: [/usr/local/lib/zfsync/zfsync/protocol.py, /etc/systemd/system/zfsync-recv.service]
 """
 
+import ipaddress
 import os
 import traceback
 
@@ -295,7 +315,8 @@ class ReceiverDeployment:
             root=params["dataset"].strip("/"), prefix=params["prefix"], port=params["port"],
             listen_address=params["listen_address"], backlog=params["backlog"], threads=params["threads"],
             log_file=params["log_file"], flag_dir=params["flag_dir"], verbose=params["verbose"],
-            frame_size=params["frame_size"], pid_file=params["pid_file"])
+            frame_size=params["frame_size"], pid_file=params["pid_file"], allow=tuple(params["allow"]),
+            tls_cert=params["tls_cert"], tls_key=params["tls_key"], tls_ca=params["tls_ca"])
         self.python = params["python"] or service.current_python()
         self.daemon = service.service_for(self.manager, self.settings)
         self.zfs = zfs.Zfs()
@@ -312,6 +333,15 @@ class ReceiverDeployment:
             self.module.fail_json(msg="dataset %r is not a valid receiver root: %s" % (params["dataset"], error))
         if not 0 < params["port"] < 65536:
             self.module.fail_json(msg="port must be 1..65535, got %d" % params["port"])
+        for cidr in params["allow"]:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as error:
+                self.module.fail_json(msg="allow: %s is not a network: %s" % (cidr, error))
+        if params["state"] == "present" and not params["allow"] and not params["tls_cert"] \
+                and not _is_loopback(params["listen_address"]):
+            self.module.fail_json(msg="listen_address %s is not loopback: the zfsync protocol has no authentication, "
+                                  "so set allow (client networks) or tls_cert/tls_ca" % params["listen_address"])
         for name in ("threads", "backlog"):
             if params[name] < 1:
                 self.module.fail_json(msg="%s must be at least 1, got %d" % (name, params[name]))
@@ -477,6 +507,14 @@ def _remove_empty_dirs(*paths):
                 pass
 
 
+
+def _is_loopback(address):
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -492,6 +530,10 @@ def main():
             prefix=dict(type="path", default="/usr/local"),
             python=dict(type="path"),
             pid_file=dict(type="path", default=service.DEFAULT_PID_FILE),
+            allow=dict(type="list", elements="str", default=[]),
+            tls_cert=dict(type="path"),
+            tls_key=dict(type="path"),
+            tls_ca=dict(type="path"),
             service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "rc", "none"]),
             enabled=dict(type="bool", default=True),
             running=dict(type="bool", default=True),
@@ -499,6 +541,7 @@ def main():
             state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
         supports_check_mode=True,
+        required_together=[("tls_cert", "tls_ca")],
     )
     deployment = ReceiverDeployment(module)
     try:

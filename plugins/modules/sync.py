@@ -123,6 +123,20 @@ options:
     description: With O(log_file), also one log per worker thread beside it (C(<stem>.th<N>.<ext>)).
     type: bool
     default: false
+  tls_cert:
+    description:
+      - Mutual TLS with a zfsync receiver of ours started with C(--tls-cert/--tls-ca): this sender's certificate
+        (PEM, on the sender host). Original zfsync receivers have no TLS.
+    type: path
+  tls_key:
+    description: The private key of O(tls_cert), if not in the same file.
+    type: path
+  tls_ca:
+    description: The CA the receiver's certificate must come from. Required with O(tls_cert).
+    type: path
+  tls_server_name:
+    description: The name the receiver's certificate must carry; defaults to O(receiver).
+    type: str
   fail_on_error:
     description:
       - Fail the task when a dataset failed or the run did not complete (receiver unreachable, C(cleanbuffer)
@@ -448,7 +462,9 @@ class SyncTask:
             root=self.root, receiver=params["receiver"], port=params["port"], threads=params["threads"],
             bind_address=params["bind_address"], frame_size=params["frame_size"], log_file=params["log_file"],
             verbose=params["verbose"], timeout=params["timeout"], connect_timeout=params["connect_timeout"],
-            stream_idle_timeout=params["stream_idle_timeout"], plan_only=self.module.check_mode)
+            stream_idle_timeout=params["stream_idle_timeout"], plan_only=self.module.check_mode,
+            tls_cert=params["tls_cert"], tls_key=params["tls_key"], tls_ca=params["tls_ca"],
+            tls_server_name=params["tls_server_name"])
 
     def open_log(self):
         if self.params["log_file"] and not self.module.check_mode:
@@ -613,8 +629,13 @@ def main():
             log_file=dict(type="path"),
             verbose=dict(type="bool", default=False),
             fail_on_error=dict(type="bool", default=True),
+            tls_cert=dict(type="path"),
+            tls_key=dict(type="path"),
+            tls_ca=dict(type="path"),
+            tls_server_name=dict(type="str"),
         ),
         supports_check_mode=True,
+        required_together=[("tls_cert", "tls_ca")],
     )
     task = SyncTask(module)
     try:

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import ENGINE_MODULES, __version__
 
@@ -77,6 +77,10 @@ class ReceiverSettings:
     verbose: bool = False
     frame_size: str = "auto"
     pid_file: str = DEFAULT_PID_FILE
+    allow: Tuple[str, ...] = ()
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
 
     @property
     def bin_dir(self) -> str:
@@ -102,6 +106,11 @@ class ReceiverSettings:
                  "-o", self.log_file, "-d", self.flag_dir, "-i", self.listen_address]
         if self.frame_size != "auto":
             args += ["--frame-size", str(self.frame_size)]
+        for cidr in self.allow:
+            args += ["--allow", cidr]
+        for flag, value in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key), ("--tls-ca", self.tls_ca)):
+            if value:
+                args += [flag, value]
         if pid_file:
             args += ["--pid-file", self.pid_file]
         return args + [self.root]

@@ -557,3 +557,16 @@ def test_detached_daemon_does_not_inherit_the_callers_python_path(detached, monk
         names = [entry.split(b"=", 1)[0] for entry in handle.read().split(b"\0") if entry]
     assert b"PYTHONPATH" not in names and b"ANSIBLE_MODULE_ARGS" not in names
     assert b"PATH" in names
+
+
+def test_allow_and_tls_options_reach_the_daemon_command_line():
+    settings = service.ReceiverSettings(root="tank/backup", allow=("10.0.0.0/8", "192.0.2.0/24"),
+                                        tls_cert="/etc/zfsync/r.pem", tls_key="/etc/zfsync/r.key",
+                                        tls_ca="/etc/zfsync/ca.pem")
+    args = settings.daemon_args()
+    assert args[-1] == "tank/backup"
+    assert args[args.index("--allow") + 1] == "10.0.0.0/8"
+    assert args.count("--allow") == 2
+    for flag, value in (("--tls-cert", "/etc/zfsync/r.pem"), ("--tls-key", "/etc/zfsync/r.key"),
+                        ("--tls-ca", "/etc/zfsync/ca.pem")):
+        assert args[args.index(flag) + 1] == value

@@ -65,3 +65,21 @@ def test_a_launcher_interpreter_that_does_not_exist_is_refused(capsys, tmp_path)
 def test_an_unknown_frame_size_is_refused_by_the_argument_spec(capsys, tmp_path):
     result = run_module(capsys, **base_args(tmp_path, frame_size="1024"))
     assert result["failed"] is True and "frame_size" in result["msg"]
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.0.2.10"])
+def test_a_non_loopback_listener_needs_an_allow_list_or_tls(capsys, tmp_path, address):
+    result = run_module(capsys, **base_args(tmp_path, listen_address=address))
+    assert result["failed"] is True
+    assert "not loopback" in result["msg"] and "allow" in result["msg"] and "tls_cert" in result["msg"]
+    assert not os.path.exists(str(tmp_path / "prefix"))
+
+
+def test_an_allow_entry_that_is_no_network_is_refused(capsys, tmp_path):
+    result = run_module(capsys, **base_args(tmp_path, listen_address="0.0.0.0", allow=["10.0.0.0/8", "nonsense"]))
+    assert result["failed"] is True and "nonsense is not a network" in result["msg"]
+
+
+def test_tls_cert_without_ca_is_refused(capsys, tmp_path):
+    result = run_module(capsys, **base_args(tmp_path, tls_cert=str(tmp_path / "c.pem")))
+    assert result["failed"] is True and "tls_cert" in result["msg"] and "tls_ca" in result["msg"]
