@@ -113,7 +113,7 @@ options:
     default: []
   tls_cert:
     description:
-      - Mutual TLS with zfsync senders of ours (C(--tls-cert)): the daemon's certificate, PEM, on the receiver host.
+      - The daemon's certificate (PEM, on the receiver host) for mutual TLS with zfsync senders of ours (C(--tls-cert)).
       - Senders must then use TLS with a certificate from O(tls_ca); original zfsync senders cannot connect.
     type: path
   tls_key:
@@ -505,7 +505,6 @@ def _remove_empty_dirs(*paths):
                 os.rmdir(directory)
             except OSError:
                 pass
-
 
 
 def _is_loopback(address):

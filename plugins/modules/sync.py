@@ -125,8 +125,8 @@ options:
     default: false
   tls_cert:
     description:
-      - Mutual TLS with a zfsync receiver of ours started with C(--tls-cert/--tls-ca): this sender's certificate
-        (PEM, on the sender host). Original zfsync receivers have no TLS.
+      - This sender's certificate (PEM, on the sender host) for mutual TLS with a zfsync receiver of ours
+        started with C(--tls-cert) and C(--tls-ca). Original zfsync receivers have no TLS.
     type: path
   tls_key:
     description: The private key of O(tls_cert), if not in the same file.

@@ -125,7 +125,7 @@ def fuzz_frame(rng):
     NULs, truncation, valid-looking commands with invalid parts."""
     pieces = ["@s1", "@", ":", "::", "/a", "/..", "/a/b", "sync", "xsync", "xplan", "cleanbuffer", "close",
               "\x00", "\xff", "%", "#", " ", "9999999", "@" + "x" * 300, ":/" + "y" * 200]
-    text = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12)))
+    text = "".join(rng.choice(pieces) for _piece in range(rng.randrange(1, 12)))
     data = text.encode("utf-8", "surrogateescape")[:rng.choice([100, 255, 511, 600])]
     size = rng.choice([256, 512])
     return data.ljust(size, b"\0") if rng.random() < 0.8 else data
