@@ -1,14 +1,20 @@
-"""The local sandbox: two file-backed pools, a receiver daemon on 127.0.0.1,
-a dataset tree with data, snapshots taken and synced twice (full, then
-incremental), both trees printed side by side.
+"""The local sandbox, through Ansible: playbooks/demo.yml on localhost builds
+two file-backed pools, a dataset tree with data, a receiver daemon on
+127.0.0.1 (role zfsync.zfsync.receiver, no service manager), takes snapshots
+(zfsync.zfsync.snapshot) and syncs three times (zfsync.zfsync.sync: full,
+incremental, nothing new); then both trees are printed side by side.
 
     python3 tools/demo.py up      # build (or reuse) and sync
-    python3 tools/demo.py clean   # stop the receiver, destroy the pools
+    python3 tools/demo.py clean   # stop the receiver (receiver module, state absent), destroy the pools
 
+Uses the controller venv (.venv/bin/ansible-playbook; tools/venv.sh builds it
+when it is missing or stale) and a running ZFS (tools/deps.sh).
 Everything lives in .sandbox/ of the checkout and in the two pools
 zfsyncdemo_src / zfsyncdemo_dst; nothing else on the host is touched.
 """
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,13 +22,15 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SANDBOX = os.path.join(REPO, ".sandbox")
-BIN = os.path.join(REPO, "bin")
+VENV = os.environ.get("ZFSYNC_VENV", os.path.join(REPO, ".venv"))
+ANSIBLE_PLAYBOOK = os.path.join(VENV, "bin", "ansible-playbook")
+PLAYBOOK = os.path.join(REPO, "playbooks", "demo.yml")
+INVENTORY = os.path.join(REPO, "playbooks", "inventory", "localhost.yml")
 SRC_POOL, DST_POOL = "zfsyncdemo_src", "zfsyncdemo_dst"
 SENDER_ROOT = SRC_POOL + "/data"
 RECEIVER_ROOT = DST_POOL + "/backup/data"
 PORT = int(os.environ.get("ZFSYNC_DEMO_PORT", "30303"))
 PID_FILE = os.path.join(SANDBOX, "zfsync_recv.pid")
-CHILDREN = ("/home", "/home/alice", "/home/bob", "/db", "/logs")
 
 
 def sh(*argv, check=True):
@@ -33,23 +41,29 @@ def sh(*argv, check=True):
     return proc
 
 
+def ensure_venv():
+    """tools/venv.sh is idempotent: a no-op when the venv is up to date."""
+    proc = subprocess.run([os.path.join(REPO, "tools", "venv.sh")], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+    if proc.returncode != 0 or not os.access(ANSIBLE_PLAYBOOK, os.X_OK):
+        sys.exit("demo: the controller venv is not usable (tools/venv.sh exit %d):\n%s"
+                 % (proc.returncode, proc.stdout[-3000:]))
+
+
+def playbook(state):
+    """Run playbooks/demo.yml with the venv's ansible-playbook; its output
+    goes to the terminal as it comes."""
+    argv = [ANSIBLE_PLAYBOOK, "-i", INVENTORY, PLAYBOOK,
+            "-e", json.dumps(dict(zfsync_demo_state=state, zfsync_demo_port=PORT, zfsync_demo_dir=SANDBOX))]
+    env = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8", ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, "collections"), ANSIBLE_RETRY_FILES_ENABLED="false",
+               ANSIBLE_DISPLAY_SKIPPED_HOSTS="false")
+    print("demo: %s" % " ".join(argv), flush=True)
+    return subprocess.run(argv, env=env, cwd=REPO, timeout=1800, check=False).returncode
+
+
 def pool_exists(name):
     return sh("zpool", "list", "-H", "-o", "name", name, check=False).returncode == 0
-
-
-def make_pool(name):
-    if pool_exists(name):
-        return
-    image = os.path.join(SANDBOX, name + ".img")
-    with open(image, "wb") as handle:
-        handle.truncate(256 << 20)
-    sh("zpool", "create", "-m", "/" + name, name, image)
-
-
-def write(dataset, name, kib):
-    mountpoint = sh("zfs", "get", "-H", "-o", "value", "mountpoint", dataset).stdout.strip()
-    with open(os.path.join(mountpoint, name), "wb") as handle:
-        handle.write(os.urandom(kib * 1024))
 
 
 def receiver_pid():
@@ -62,35 +76,14 @@ def receiver_pid():
         return None
 
 
-def start_receiver():
-    if receiver_pid():
-        return
-    sh("zfs", "create", "-p", DST_POOL + "/backup")
-    sh("zfs", "set", "readonly=on", DST_POOL + "/backup")
-    log = open(os.path.join(SANDBOX, "zfsync_recv.out"), "a")
-    subprocess.Popen([sys.executable, os.path.join(BIN, "zfsync_recv"), "-v", "-p", str(PORT), "-i", "127.0.0.1",
-                      "-o", os.path.join(SANDBOX, "zfshad.log"), "-d", os.path.join(SANDBOX, "flags"),
-                      "--pid-file", PID_FILE, RECEIVER_ROOT],
-                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while not receiver_pid():
-        if time.monotonic() > deadline:
-            sys.exit("demo: the receiver did not start; see %s/zfsync_recv.out" % SANDBOX)
-        time.sleep(0.1)
-
-
-def sync(title):
-    print("\n== %s" % title)
-    proc = sh(sys.executable, os.path.join(BIN, "zfsync_send"), "-p", str(PORT), "-t", "3",
-              "-o", os.path.join(SANDBOX, "zfsync_send.log"), SENDER_ROOT, "127.0.0.1", check=False)
-    print(proc.stdout.strip() or proc.stderr.strip())
-    if proc.returncode != 0:
-        sys.exit("demo: sync failed:\n%s" % proc.stderr)
-
-
 def listing(root):
     out = sh("zfs", "list", "-H", "-t", "filesystem,snapshot", "-o", "name,used", "-s", "name", "-r", root).stdout
-    return [line.replace(root, "", 1).replace("\t", "  ") or "/" for line in out.splitlines()]
+    rows = []
+    for line in out.splitlines():
+        name, used = line.split("\t")
+        suffix = name[len(root):]
+        rows.append("%s  %s" % ("/" + suffix if suffix.startswith("@") or not suffix else suffix, used))
+    return rows
 
 
 def side_by_side():
@@ -104,46 +97,57 @@ def side_by_side():
 
 
 def up():
+    ensure_venv()
     os.makedirs(SANDBOX, exist_ok=True)
-    make_pool(SRC_POOL)
-    make_pool(DST_POOL)
-    if sh("zfs", "list", SENDER_ROOT, check=False).returncode != 0:
-        for suffix in ("",) + CHILDREN:
-            sh("zfs", "create", "-p", SENDER_ROOT + suffix)
-            write(SENDER_ROOT + suffix, "seed.bin", 256)
-    start_receiver()
-    stamp = time.strftime("%y%m%d-%H%M%S")
-    sh("zfs", "snapshot", "-r", "%s@demo-%s-a" % (SENDER_ROOT, stamp))
-    sync("sync 1: every dataset the receiver lacks goes in full, in parallel")
-    write(SENDER_ROOT + "/home/alice", "notes-%s.bin" % stamp, 512)
-    sh("zfs", "snapshot", "-r", "%s@demo-%s-b" % (SENDER_ROOT, stamp))
-    sync("sync 2: incremental, only the change travels")
-    sync("sync 3: nothing new; nothing sent, nothing hangs")
+    status = playbook("present")
+    if status != 0:
+        sys.exit("demo: playbooks/demo.yml failed (exit %d); see above. `make demo-clean` removes the sandbox."
+                 % status)
     side_by_side()
     print("\nreceiver: 127.0.0.1 port %d, pid %s, log %s/zfshad.log" % (PORT, receiver_pid(), SANDBOX))
     print("remove everything with: make demo-clean")
 
 
-def clean():
+def stop_without_ansible():
+    """For a sandbox whose playbook cannot run (no venv): the daemon by its pid file."""
     pid = receiver_pid()
     if pid:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 40
         while receiver_pid() and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def clean():
+    if os.access(ANSIBLE_PLAYBOOK, os.X_OK):
+        status = playbook("absent")
+        if status != 0:
+            print("demo: playbooks/demo.yml (absent) failed with exit %d; stopping the daemon by its pid file"
+                  % status)
+            stop_without_ansible()
+    else:
+        stop_without_ansible()
     for pool in (SRC_POOL, DST_POOL):
         if pool_exists(pool):
+            # zfs-fuse can call a pool busy right after its datasets were in use.
             for _attempt in range(20):
                 if sh("zpool", "destroy", "-f", pool, check=False).returncode == 0:
                     break
                 time.sleep(0.5)
+            else:
+                sh("zpool", "destroy", "-f", pool)
     if os.path.isdir(SANDBOX):
         for name in os.listdir(SANDBOX):
             path = os.path.join(SANDBOX, name)
-            if os.path.isfile(path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
                 os.unlink(path)
     print("demo: sandbox removed")
 
 
 if __name__ == "__main__":
-    {"up": up, "clean": clean}.get(sys.argv[1] if len(sys.argv) > 1 else "up", up)()
+    command = sys.argv[1] if len(sys.argv) > 1 else "up"
+    if command not in ("up", "clean"):
+        sys.exit("usage: python3 tools/demo.py [up|clean]")
+    {"up": up, "clean": clean}[command]()
