@@ -18,7 +18,7 @@ deps: ## system packages and a running ZFS (zfs-fuse unless the kernel has ZFS)
 venv: ## the controller venv (.venv, CPython 3.13, ansible-core and test tools)
 	tools/venv.sh
 
-demo: deps ## local sandbox: file-backed pools, a receiver on 127.0.0.1, snapshots, a sync, both trees side by side
+demo: deps venv ## local sandbox through Ansible: file-backed pools, a receiver on 127.0.0.1, snapshots, syncs, both trees side by side
 	python3 tools/demo.py up
 
 demo-clean: ## stop the sandbox receiver and destroy the sandbox pools
