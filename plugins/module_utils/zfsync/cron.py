@@ -93,6 +93,9 @@ class CronOptions:
     pid_file: Optional[str] = None  # None: default_pid_file(root)
     frame_size: int = protocol.DEFAULT_FRAME_SIZE
     verbose: bool = False
+    tls_cert: Optional[str] = None  # mutual TLS with zfsync receivers of ours
+    tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
 
     @property
     def lock_path(self) -> str:
@@ -341,7 +344,8 @@ def send_to(options: CronOptions, destination: Destination, zfs: Zfs, log: Log) 
     sync = SyncOptions(root=options.root, receiver=destination.host, port=destination.port,
                        threads=options.threads, bind_address=options.bind_address,
                        frame_size=options.frame_size, log_file=options.log_file,
-                       verbose=options.verbose)
+                       verbose=options.verbose, tls_cert=options.tls_cert, tls_key=options.tls_key,
+                       tls_ca=options.tls_ca)
     try:
         result = sync_tree(sync, zfs=zfs, log=log)
     except Exception as error:  # one receiver's trouble must not keep the next from its sync
@@ -427,6 +431,9 @@ def cron_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frame-size", type=_frame_size, default=protocol.DEFAULT_FRAME_SIZE,
                         metavar="256|512", help="frame size (default 512; 256 for receivers older than 2021-02-18)")
     parser.add_argument("--verbose", action="store_true", help="log every dataset even without -o")
+    parser.add_argument("--tls-cert", metavar="FILE", help="mutual TLS: this sender's certificate (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="its private key (default: in --tls-cert)")
+    parser.add_argument("--tls-ca", metavar="FILE", help="the CA the receivers' certificates must come from")
     parser.add_argument("--version", action="version", version="zfsyncron " + __version__)
     parser.add_argument("--now", type=_epoch, default=None, help=argparse.SUPPRESS)  # tests: the clock
     parser.add_argument("root", metavar="ROOT_DATASET")
@@ -444,7 +451,8 @@ def options_from_args(args: argparse.Namespace) -> CronOptions:
         threads=args.threads, bind_address=args.bind, log_file=args.log_file, window=args.window,
         pid_file=args.pid_file, frame_size=args.frame_size,
         # The original always ran zfsync_send -v into its -o log.
-        verbose=args.verbose or args.log_file is not None)
+        verbose=args.verbose or args.log_file is not None,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca)
 
 
 def main_cron(argv: Optional[Sequence[str]] = None) -> int:
@@ -454,6 +462,8 @@ def main_cron(argv: Optional[Sequence[str]] = None) -> int:
         protocol.validate_suffix("/" + args.root)
     except protocol.ProtocolError as error:
         parser.error("invalid ROOT_DATASET %r: %s" % (args.root, error))
+    if bool(args.tls_cert) != bool(args.tls_ca):
+        parser.error("--tls-cert and --tls-ca go together")
     try:
         options = options_from_args(args)
     except ValueError as error:

@@ -227,3 +227,16 @@ def test_pid_file_without_a_usable_pid_is_taken_over(tmp_path, content):
 def test_process_command_of_a_gone_process_is_empty():
     assert cron.process_command(dead_pid()) == ""
     assert not cron.is_zfsyncron(dead_pid())
+
+
+def test_tls_options_reach_the_sync_options():
+    args = cron.cron_parser().parse_args(["--tls-cert", "/c.pem", "--tls-key", "/k.pem", "--tls-ca", "/ca.pem",
+                                          "pool/src", "host"])
+    options = cron.options_from_args(args)
+    assert (options.tls_cert, options.tls_key, options.tls_ca) == ("/c.pem", "/k.pem", "/ca.pem")
+
+
+def test_tls_cert_without_ca_is_a_usage_error():
+    with pytest.raises(SystemExit) as exit_info:
+        cron.main_cron(["--tls-cert", "/c.pem", "pool/src", "host"])
+    assert exit_info.value.code == 1
