@@ -122,6 +122,9 @@ class CronJob:
     frame_size: int = protocol.DEFAULT_FRAME_SIZE
     schedule: str = EVERY_MINUTE
     user: str = "root"
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
 
     def validate(self) -> "CronJob":
         try:
@@ -154,6 +157,9 @@ class CronJob:
             args += ["-o", self.log_file]
         if self.frame_size != protocol.DEFAULT_FRAME_SIZE:
             args += ["--frame-size", str(self.frame_size)]
+        for flag, value in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key), ("--tls-ca", self.tls_ca)):
+            if value:
+                args += [flag, value]
         return args + [self.dataset] + [str(d) for d in self.destinations]
 
     def command_line(self) -> str:

@@ -125,6 +125,17 @@ options:
     type: int
     choices: [256, 512]
     default: 512
+  tls_cert:
+    description:
+      - This sender's certificate (PEM, on the sender host) for mutual TLS with zfsync receivers of ours
+        (zfsyncron C(--tls-cert)). Original zfsync receivers have no TLS.
+    type: path
+  tls_key:
+    description: The private key of O(tls_cert), if not in the same file.
+    type: path
+  tls_ca:
+    description: The CA the receivers' certificates must come from. Required with O(tls_cert).
+    type: path
   minute:
     description: Minute field of the cron schedule. Defaults to C(*). Cannot be combined with O(schedule).
     type: str
@@ -369,7 +380,8 @@ class SenderSetup:
                 retention=retention, window=params["window"], threads=params["threads"],
                 bind_address=params["bind_address"], log_file=params["log_file"] or None,
                 frame_size=params["frame_size"], schedule=cronjob.schedule_from(fields, params["schedule"]),
-                user=params["user"]).validate()
+                user=params["user"], tls_cert=params["tls_cert"], tls_key=params["tls_key"],
+                tls_ca=params["tls_ca"]).validate()
         except (cronjob.CronJobError, ValueError) as error:
             self.fail("zfsync sender job for %s: %s" % (self.dataset, error))
 
@@ -490,6 +502,9 @@ def main():
             bind_address=dict(type="str"),
             log_file=dict(type="path", default="/var/log/zfsyncron.log"),
             frame_size=dict(type="int", default=512, choices=[256, 512]),
+            tls_cert=dict(type="path"),
+            tls_key=dict(type="path"),
+            tls_ca=dict(type="path"),
             minute=dict(type="str"),
             hour=dict(type="str"),
             day=dict(type="str"),
@@ -506,6 +521,7 @@ def main():
         mutually_exclusive=[("schedule", name) for name in cronjob.FIELD_NAMES],
         required_if=[("state", "present", ["receivers"])],
         supports_check_mode=True,
+        required_together=[("tls_cert", "tls_ca")],
     )
     setup = SenderSetup(module)
     try:

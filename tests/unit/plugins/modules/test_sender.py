@@ -195,3 +195,16 @@ def test_the_module_imports_every_engine_file_so_ansiballz_ships_the_whole_engin
     missing = [name for name in engine.ENGINE_MODULES if name != "__init__"
                and "plugins.module_utils.zfsync import %s" % name not in source]
     assert missing == []
+
+
+def test_tls_files_go_into_the_zfsyncron_line():
+    from ansible_collections.zfsync.zfsync.plugins.module_utils import cronjob as cronjob_utils
+    from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import cron as engine_cron
+
+    job = cronjob_utils.CronJob(dataset="tank/data", destinations=(engine_cron.Destination("backup1", 30),),
+                                launcher="/usr/local/bin/zfsyncron", tls_cert="/etc/zfsync/s.pem",
+                                tls_ca="/etc/zfsync/ca.pem")
+    argv = job.validate().argv()
+    assert argv[argv.index("--tls-cert") + 1] == "/etc/zfsync/s.pem"
+    assert argv[argv.index("--tls-ca") + 1] == "/etc/zfsync/ca.pem"
+    assert "--tls-key" not in argv and argv[-2:] == ["tank/data", "backup1:30"]
