@@ -1,6 +1,5 @@
 """Mutual TLS between our peers and the client allow-list, on real pools."""
 import os
-import socket
 import subprocess
 
 import pytest
