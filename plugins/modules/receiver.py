@@ -424,22 +424,10 @@ class ReceiverDeployment:
     # -- diff -------------------------------------------------------------
 
     def _diff_engine(self, changes):
-        if not changes:
-            return
-        before = dict((c.path, c.before) for c in changes)
-        after = dict((c.path, c.after) for c in changes)
-        self.diff.append({"before_header": "%s (engine files)" % self.settings.package_dir,
-                          "after_header": "%s (engine %s)" % (self.settings.package_dir, engine.__version__),
-                          "before": service.engine_manifest(before), "after": service.engine_manifest(after)})
+        self.diff.extend(service.engine_diff(changes, self.settings.package_dir))
 
     def _diff_files(self, changes):
-        for change in changes:
-            before, after = _text(change.before), _text(change.after)
-            if change.before == change.after:
-                before = "mode %04o\n" % (change.before_mode or 0)
-                after = "mode %04o\n" % (change.mode or 0)
-            self.diff.append({"before_header": change.path, "after_header": change.path,
-                              "before": before, "after": after})
+        self.diff.extend(service.files_diff(changes))
 
     def _diff_service(self, before, plan):
         if not plan.actions:

@@ -330,10 +330,6 @@ ZFS_DIRS = ["/sbin", "/usr/sbin", "/usr/local/sbin"]
 CRON_FILE_MODE = 0o644  # Debian's cron ignores cron.d files writable by group or others
 
 
-def _text(content):
-    return "" if content is None else content.decode("utf-8", "replace")
-
-
 class SenderSetup:
     """Adapter between the module's options and the cron job + engine install."""
 
@@ -439,24 +435,10 @@ class SenderSetup:
     # -- diff -------------------------------------------------------------
 
     def _diff_engine(self, changes):
-        if not changes:
-            return
-        before = dict((c.path, c.before) for c in changes)
-        after = dict((c.path, c.after) for c in changes)
-        self.diff.append({"before_header": "%s (engine files)" % self.layout.package_dir,
-                          "after_header": "%s (engine %s)" % (self.layout.package_dir, engine.__version__),
-                          "before": service.engine_manifest(before), "after": service.engine_manifest(after)})
+        self.diff.extend(service.engine_diff(changes, self.layout.package_dir))
 
     def _diff_files(self, changes):
-        for change in changes:
-            before, after = _text(change.before), _text(change.after)
-            if change.before == change.after:
-                before = "mode %04o\n" % (change.before_mode or 0)
-                after = "mode %04o\n" % (change.mode or 0)
-            self.diff.append({"before_header": change.path, "after_header": change.path,
-                              "before": before, "after": after})
-
-    # -- run --------------------------------------------------------------
+        self.diff.extend(service.files_diff(changes))
 
     def run(self):
         cron_path = self.cron_path()

@@ -294,6 +294,35 @@ def engine_manifest(files: Dict[str, Optional[bytes]]) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def _text(content: Optional[bytes]) -> str:
+    return "" if content is None else content.decode("utf-8", "replace")
+
+
+def engine_diff(changes: Sequence["FileChange"], package_dir: str) -> List[Dict[str, str]]:
+    """Ansible diff entries for engine files: one manifest line per file
+    (name and checksum), not the whole source."""
+    if not changes:
+        return []
+    before = dict((c.path, c.before) for c in changes)
+    after = dict((c.path, c.after) for c in changes)
+    return [{"before_header": "%s (engine files)" % package_dir,
+             "after_header": "%s (engine %s)" % (package_dir, __version__),
+             "before": engine_manifest(before), "after": engine_manifest(after)}]
+
+
+def files_diff(changes: Sequence["FileChange"]) -> List[Dict[str, str]]:
+    """Ansible diff entries for other files: their text in full, or their
+    mode when only the mode changes."""
+    entries = []
+    for change in changes:
+        before, after = _text(change.before), _text(change.after)
+        if change.before == change.after:
+            before = "mode %04o\n" % (change.before_mode or 0)
+            after = "mode %04o\n" % (change.mode or 0)
+        entries.append({"before_header": change.path, "after_header": change.path, "before": before, "after": after})
+    return entries
+
+
 # -- service definitions ----------------------------------------------------
 
 def _systemd_quote(arg: str) -> str:
