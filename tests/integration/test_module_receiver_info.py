@@ -36,14 +36,6 @@ PLAYBOOK = """
 
 
 @pytest.fixture
-def pools(zfs_impl, tmp_path):
-    """The shared pool factory, with this suite's pool names (h4...)."""
-    factory = zfstest.Pools(str(tmp_path), prefix="h4")
-    yield factory
-    factory.destroy_all()
-
-
-@pytest.fixture
 def play(tmp_path):
     workdir = tmp_path / "play"
     workdir.mkdir()

@@ -43,14 +43,6 @@ CRON_NAME = re.compile(r"^\d{6}-\d{6}_[SMHD]$")
 
 
 @pytest.fixture
-def pools(zfs_impl, tmp_path):
-    """The shared pool factory, with this suite's pool names (h4...)."""
-    factory = zfstest.Pools(str(tmp_path), prefix="h4")
-    yield factory
-    factory.destroy_all()
-
-
-@pytest.fixture
 def play(tmp_path):
     workdir = tmp_path / "play"
     workdir.mkdir()
