@@ -504,14 +504,10 @@ def dataset_facts(tool, root, now, flags):
 def suffix_of_entry(entry):
     """The target suffix a buffer entry's name encodes (receiver.py's
     naming: HEX(suffix), ``ROOT`` for the root, ``.old`` for a set-aside copy)."""
-    old = entry.endswith(receiver.OLD_MARK)
-    base = entry[:-len(receiver.OLD_MARK)] if old else entry
-    if base == receiver.ROOT_ENTRY:
-        return "", old
     try:
-        return protocol.unhex_suffix(base), old
-    except (protocol.ProtocolError, UnicodeDecodeError):
-        return None, old
+        return receiver.parse_buffer_entry(entry)
+    except protocol.ProtocolError:
+        return None, entry.endswith(receiver.OLD_MARK)
 
 
 def buffer_facts(tool, root):

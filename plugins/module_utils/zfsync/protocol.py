@@ -148,7 +148,10 @@ def unhex_suffix(name: str) -> str:
     """Inverse of hex_suffix; ProtocolError when ``name`` is not HEX(S)."""
     if not name or len(name) % 2 or not re.match(r"^[0-9A-F]+$", name):
         raise ProtocolError("%r is not a hex-encoded suffix" % name)
-    return bytes.fromhex(name).decode("utf-8")
+    try:
+        return bytes.fromhex(name).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("%r does not encode a UTF-8 suffix" % name)
 
 
 def _printable(text: str) -> str:

@@ -67,6 +67,15 @@ class ReceiverOptions:
     handshake_timeout: float = 30.0
 
 
+def parse_buffer_entry(name: str) -> Tuple[str, bool]:
+    """(target suffix, is an old copy set aside by a FULL swap) of a buffer
+    entry named HEX(suffix), ``ROOT`` for the root, ``.old`` appended for a
+    set-aside copy. ProtocolError for any other name."""
+    old = name.endswith(OLD_MARK)
+    base = name[: -len(OLD_MARK)] if old else name
+    return ("" if base == ROOT_ENTRY else protocol.unhex_suffix(base)), old
+
+
 class Busy(RuntimeError):
     pass
 
@@ -453,11 +462,6 @@ class Receiver:
     def buffer_entry(self, suffix: str) -> str:
         return self.buffer + "/" + (protocol.hex_suffix(suffix) if suffix else ROOT_ENTRY)
 
-    def suffix_of_entry(self, entry_name: str) -> str:
-        if entry_name == ROOT_ENTRY:
-            return ""
-        return protocol.unhex_suffix(entry_name)
-
     def sync_dataset(self, session: Session, suffix: str, snapshots: Tuple[str, ...], plan_only: bool) -> None:
         target = self.target_of(suffix)
         entry = self.buffer_entry(suffix)
@@ -674,9 +678,8 @@ class Receiver:
             return 1
         placed: Dict[str, str] = {}
         for name in entries:
-            base = name[: -len(OLD_MARK)] if name.endswith(OLD_MARK) else name
             try:
-                placed[name] = self.target_of(self.suffix_of_entry(base))
+                placed[name] = self.target_of(parse_buffer_entry(name)[0])
             except protocol.ProtocolError:
                 self.log.main(thread, "cleanbuffer: leaving unknown entry %s/%s" % (self.buffer, name))
         failures = 0

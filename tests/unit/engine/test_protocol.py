@@ -93,7 +93,7 @@ def test_at_sign_in_suffix_cannot_happen_because_lists_come_first():
 def test_suffix_round_trip_through_hex_as_the_buffer_names_it():
     assert protocol.hex_suffix("/test1") == "2F7465737431"
     assert protocol.unhex_suffix("2F7465737431") == "/test1"
-    for bad in ("", "2F7", "2f74", "ZZ", "ROOT"):
+    for bad in ("", "2F7", "2f74", "ZZ", "ROOT", "FF"):
         with pytest.raises(ProtocolError):
             protocol.unhex_suffix(bad)
 
