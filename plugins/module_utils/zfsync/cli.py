@@ -57,7 +57,7 @@ def add_tls_options(parser: argparse.ArgumentParser, whose: str) -> None:
     parser.add_argument("--tls-ca", metavar="FILE", help="the CA the peer's certificate must come from")
 
 
-def _check_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if bool(args.tls_cert) != bool(args.tls_ca):
         parser.error("--tls-cert and --tls-ca go together")
 
@@ -104,7 +104,7 @@ def main_recv(argv: Optional[List[str]] = None) -> int:
 
     parser = recv_parser()
     args = parser.parse_args(argv)
-    _check_tls(parser, args)
+    check_tls(parser, args)
     _check_networks(parser, args.allow)
     options = ReceiverOptions(
         root=args.root, port=args.port, listen_address=args.listen, backlog=args.backlog,
@@ -197,7 +197,7 @@ def main_send(argv: Optional[List[str]] = None) -> int:
 
     parser = send_parser()
     args = parser.parse_args(argv)
-    _check_tls(parser, args)
+    check_tls(parser, args)
     if args.frame_size is None:
         args.frame_size = protocol.DEFAULT_FRAME_SIZE
     options = SyncOptions(

@@ -51,6 +51,7 @@ from typing import List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from . import __version__, protocol
+from .cli import add_tls_options, check_tls
 from .logs import Log
 from .sender import SyncOptions, sync_tree
 from .snapshots import Retention, Snapshot, SnapshotPlan, plan_cron_run, window_met
@@ -431,9 +432,7 @@ def cron_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frame-size", type=_frame_size, default=protocol.DEFAULT_FRAME_SIZE,
                         metavar="256|512", help="frame size (default 512; 256 for receivers older than 2021-02-18)")
     parser.add_argument("--verbose", action="store_true", help="log every dataset even without -o")
-    parser.add_argument("--tls-cert", metavar="FILE", help="mutual TLS: this sender's certificate (PEM)")
-    parser.add_argument("--tls-key", metavar="FILE", help="its private key (default: in --tls-cert)")
-    parser.add_argument("--tls-ca", metavar="FILE", help="the CA the receivers' certificates must come from")
+    add_tls_options(parser, "this sender's")
     parser.add_argument("--version", action="version", version="zfsyncron " + __version__)
     parser.add_argument("--now", type=_epoch, default=None, help=argparse.SUPPRESS)  # tests: the clock
     parser.add_argument("root", metavar="ROOT_DATASET")
@@ -462,8 +461,7 @@ def main_cron(argv: Optional[Sequence[str]] = None) -> int:
         protocol.validate_suffix("/" + args.root)
     except protocol.ProtocolError as error:
         parser.error("invalid ROOT_DATASET %r: %s" % (args.root, error))
-    if bool(args.tls_cert) != bool(args.tls_ca):
-        parser.error("--tls-cert and --tls-ca go together")
+    check_tls(parser, args)
     try:
         options = options_from_args(args)
     except ValueError as error:
