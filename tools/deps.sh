@@ -14,6 +14,14 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # ansible-test's shellcheck sanity test and the rc.d script's checkbashisms test.
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v checkbashisms >/dev/null 2>&1 || need+=(devscripts)
+# The lab VMs (tests/lab, Molecule): QEMU, and the builder's tools; the
+# seed ISO of FreeBSD guests. build-image would install its own, but the
+# launcher's tests run before any image is built.
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v genisoimage >/dev/null 2>&1 || need+=(genisoimage)
 if [ "${#need[@]}" -gt 0 ]; then
     say "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
