@@ -316,6 +316,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.zfsync.zfsync.plugins.module_utils import cronjob
 from ansible_collections.zfsync.zfsync.plugins.module_utils import zfsync as engine
 from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import cli  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import clients  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import connection  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import cron  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import logs  # noqa: F401 pylint: disable=unused-import

@@ -20,6 +20,7 @@ ENGINE_MODULES = (
     "protocol",
     "zfs",
     "connection",
+    "clients",
     "logs",
     "receiver",
     "sender",

@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__, protocol
+from .clients import DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT, ClientRoots
 from .logs import Log
 from .zfs import ZfsError
 
@@ -44,6 +45,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 < value < 65536:
@@ -72,6 +80,16 @@ def _check_networks(parser: argparse.ArgumentParser, networks: List[str]) -> Non
             parser.error("--allow %s: %s" % (cidr, error))
 
 
+def _check_client_roots(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    try:
+        roots = ClientRoots(args.client_root)
+    except ValueError as error:
+        parser.error("--client-root: %s" % error)
+    if roots.need_certificates and not args.tls_cert:
+        parser.error("--client-root cn:NAME=SUB needs TLS (--tls-cert, --tls-ca): the name comes from the "
+                     "client's certificate")
+
+
 def recv_parser() -> Parser:
     parser = Parser(prog="zfsync_recv", description="zfsync receiver daemon: receives ZFS dataset trees from "
                     "zfsync senders (ours or the original) into ROOT_DATASET.")
@@ -85,7 +103,18 @@ def recv_parser() -> Parser:
     parser.add_argument("--frame-size", type=_frame_size, default=None, metavar="auto|256|512",
                         help="frame size; auto detects it per connection (default)")
     parser.add_argument("--pid-file", help="write the daemon's pid here, remove it on exit")
-    parser.add_argument("--idle-timeout", type=float, default=300.0, help="close a connection silent this long (s)")
+    parser.add_argument("--idle-timeout", type=float, default=300.0,
+                        help="close a connection silent this long between requests (s; default 300)")
+    parser.add_argument("--first-request-timeout", type=_seconds, default=DEFAULT_FIRST_REQUEST_TIMEOUT,
+                        metavar="S", help="close a new connection (TLS handshake included) without a complete "
+                        "first request within S seconds (default %.0f); connections waiting for a request "
+                        "hold no worker thread" % DEFAULT_FIRST_REQUEST_TIMEOUT)
+    parser.add_argument("--max-connections", type=_positive, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help="open connections at most, waiting or being served (default %d); beyond, a new "
+                        "connection is closed at once, without an answer, and logged" % DEFAULT_MAX_CONNECTIONS)
+    parser.add_argument("--max-per-client", type=_positive, default=DEFAULT_MAX_PER_CLIENT, metavar="N",
+                        help="open connections at most from one client address (default %d; keep it above the "
+                        "senders' -t)" % DEFAULT_MAX_PER_CLIENT)
     parser.add_argument("--stream-idle-timeout", type=float, default=600.0,
                         help="fail a stream that moves no bytes this long (s); streams may take hours")
     parser.add_argument("--stop-timeout", type=float, default=30.0, help="grace for a running receive on SIGTERM (s)")
@@ -93,6 +122,11 @@ def recv_parser() -> Parser:
                         help="refuse FULL: never replace a copy that shares no snapshot with the sender")
     parser.add_argument("--allow", action="append", default=[], metavar="CIDR",
                         help="accept clients from this network only (repeatable); others get no answer")
+    parser.add_argument("--client-root", action="append", default=[], metavar="MATCH=SUB",
+                        help="confine a client to ROOT/SUB (repeatable, first match wins): MATCH is a network "
+                        "(10.0.0.0/24, 192.0.2.7) or cn:NAME, the commonName of its TLS certificate; its root "
+                        "dataset lands at ROOT/SUB. With any --client-root, a client no rule matches is closed "
+                        "without an answer")
     add_tls_options(parser, "this receiver's")
     parser.add_argument("--version", action="version", version="zfsync_recv " + __version__)
     parser.add_argument("root", metavar="ROOT_DATASET")
@@ -106,13 +140,16 @@ def main_recv(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     check_tls(parser, args)
     _check_networks(parser, args.allow)
+    _check_client_roots(parser, args)
     options = ReceiverOptions(
         root=args.root, port=args.port, listen_address=args.listen, backlog=args.backlog,
         threads=args.threads, log_file=args.log_file, flag_dir=args.flag_dir, verbose=args.verbose,
         frame_size=args.frame_size, pid_file=args.pid_file, idle_timeout=args.idle_timeout,
         stream_idle_timeout=args.stream_idle_timeout, stop_timeout=args.stop_timeout,
         allow_full=not args.no_full, allow=tuple(args.allow), tls_cert=args.tls_cert, tls_key=args.tls_key,
-        tls_ca=args.tls_ca)
+        tls_ca=args.tls_ca, first_request_timeout=args.first_request_timeout,
+        max_connections=args.max_connections, max_per_client=args.max_per_client,
+        client_roots=tuple(args.client_root))
     try:
         protocol.validate_suffix("/" + options.root)
     except protocol.ProtocolError as error:

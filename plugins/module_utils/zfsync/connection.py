@@ -166,6 +166,14 @@ class FramedConnection:
         self.frames_received += 1
         return protocol.decode_frame(data)
 
+    def accept_frame(self, data: bytes) -> str:
+        """A whole frame read by someone else (the receiver's lobby, which
+        also detected its size): the connection's frame size from now on."""
+        if self.frame_size is None:
+            self.frame_size = len(data)
+        self.frames_received += 1
+        return protocol.decode_frame(data)
+
     def read_raw(self, count: int, timeout: float) -> bytes:
         """Bytes that follow a frame (an xsync snapshot list)."""
         return self._recv_exact(count, time.monotonic() + timeout)

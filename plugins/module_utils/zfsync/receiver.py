@@ -20,21 +20,20 @@ reasons):
 from __future__ import annotations
 
 import contextlib
-import errno
-import ipaddress
 import os
 import queue
-import select
 import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from . import __version__, protocol
-from .connection import ConnectionClosed, FramedConnection, FrameTimeout, TlsRelay, enable_keepalive, tls_context
+from .clients import (DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT, ClientRoots, Lobby,
+                      LobbySettings, Session)
+from .connection import ConnectionClosed, FrameTimeout, tls_context
 from .logs import Log
 from .zfs import Zfs, ZfsError
 
@@ -55,7 +54,11 @@ class ReceiverOptions:
     verbose: bool = False
     frame_size: Optional[int] = None  # None: detect per connection
     pid_file: Optional[str] = None
-    idle_timeout: float = 300.0  # between frames
+    idle_timeout: float = 300.0  # between requests
+    first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT  # from accept to a new connection's first frame
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # open at once: waiting, queued or being served
+    max_per_client: int = DEFAULT_MAX_PER_CLIENT  # the same, per client address
+    client_roots: Tuple[str, ...] = ()  # "cn:NAME=SUB" / "CIDR=SUB": that client writes only below ROOT/SUB
     stream_idle_timeout: float = 600.0  # no stream bytes for this long
     stop_timeout: float = 30.0  # grace for a running receive on SIGTERM
     lock_wait: float = 600.0  # wait for a subtree lock (FULL swap)
@@ -175,16 +178,6 @@ class SyncFailed(RuntimeError):
         super().__init__(reason + (": " + detail if detail else ""))
 
 
-@dataclass
-class Session:
-    """One accepted connection, served by one worker thread."""
-
-    conn: FramedConnection
-    peer: str
-    thread: int
-    owner: object = field(default_factory=object)
-
-
 class Receiver:
     def __init__(self, options: ReceiverOptions, zfs: Optional[Zfs] = None, log: Optional[Log] = None):
         self.options = options
@@ -194,7 +187,9 @@ class Receiver:
         self.log = log or Log(options.log_file, options.verbose)
         self.flags = ErrorFlags(options.flag_dir)
         self.locks = TreeLocks()
-        self._connections: "queue.Queue[Tuple[socket.socket, str]]" = queue.Queue()
+        # Sessions with a complete frame, for the next free worker.
+        self._ready: "queue.Queue[Tuple[Session, bytes]]" = queue.Queue()
+        self._lobby: Optional[Lobby] = None
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
         self._generation = 0
@@ -202,18 +197,28 @@ class Receiver:
         self._listener: Optional[socket.socket] = None
         self._signal_pending: List[int] = []
         self._serial_receive = threading.Lock()
-        self._allowed = [ipaddress.ip_network(cidr, strict=False) for cidr in options.allow]
+        self.client_roots = ClientRoots(options.client_roots)  # ValueError for a bad or overlapping spec
         self._tls = (tls_context(True, options.tls_cert, options.tls_key or options.tls_cert, options.tls_ca or "")
                      if options.tls_cert else None)
 
     # -- life cycle ----------------------------------------------------------
 
     def prepare(self) -> None:
-        """Check ZFS and create the buffer dataset (never mounted)."""
+        """Check ZFS and create the buffer dataset (never mounted), and, for
+        client roots, the datasets their sub-roots are placed under."""
         protocol.validate_component(self.root.split("/")[0], "pool name")
         if not self.zfs.exists(self.buffer):
             self.zfs.create(self.buffer, {"canmount": "off", "mountpoint": "none"}, parents=True)
             self.log.main("main", "created buffer dataset %s" % self.buffer)
+        for sub in self.client_roots.subs:
+            # The sub-root itself is the replica of its sender's root and
+            # arrives with the first sync (created empty here, it would share
+            # no snapshot with the sender and need FULL); its parent must exist
+            # for that copy to be placed.
+            parent = (self.root + "/" + sub).rsplit("/", 1)[0]
+            if not self.zfs.exists(parent):
+                self.zfs.create(parent, {"canmount": "off"}, parents=True)
+                self.log.main("main", "created %s for client root %s" % (parent, sub))
 
     def listen(self) -> socket.socket:
         address = self.options.listen_address
@@ -257,35 +262,24 @@ class Receiver:
         host, port = self.address
         self.log.main("main", "zfsync_recv %s listening on %s port %d, root %s, %d threads"
                       % (__version__, host, port, self.root, self.options.threads))
+        self._lobby = Lobby(self._listener, self.lobby_settings(), self.log,
+                            lambda session, frame: self._ready.put((session, frame)), self._tls)
         self._spawn_workers()
         try:
             while not self._stopping.is_set():
                 self._handle_signals()
-                try:
-                    ready = select.select([self._listener], [], [], 0.5)[0]
-                except InterruptedError:
-                    continue
-                if not ready:
-                    continue
-                try:
-                    sock, address = self._listener.accept()
-                except OSError as error:
-                    if error.errno in (errno.EINTR, errno.EAGAIN, errno.ECONNABORTED):
-                        continue
-                    raise
-                peer = "%s:%s" % address[:2]
-                if not self.allowed(address[0]):
-                    # No answer at all: a refused client learns nothing.
-                    self.log.main("main", "refused %s: not in the allow list" % peer)
-                    sock.close()
-                    continue
-                if self._connections.qsize() >= self.options.backlog:
-                    self.log.main("main", "refused %s: %d connections already waiting" % (peer, self._connections.qsize()))
-                    sock.close()
-                    continue
-                self._connections.put((sock, peer))
+                self._lobby.run_once(0.5)
         finally:
             self._shutdown()
+
+    def lobby_settings(self) -> LobbySettings:
+        options = self.options
+        return LobbySettings(
+            first_request_timeout=options.first_request_timeout, idle_timeout=options.idle_timeout,
+            handshake_timeout=options.handshake_timeout, frame_size=options.frame_size,
+            stream_idle_timeout=options.stream_idle_timeout, allow=tuple(options.allow),
+            max_connections=options.max_connections, max_per_client=options.max_per_client,
+            client_roots=tuple(options.client_roots))
 
     def _handle_signals(self) -> None:
         while self._signal_pending:
@@ -316,51 +310,33 @@ class Receiver:
         deadline = time.monotonic() + self.options.stop_timeout + 15
         for worker in self._workers:
             worker.join(max(0.1, deadline - time.monotonic()))
-        while not self._connections.empty():
-            sock = self._connections.get_nowait()[0]
-            sock.close()
+        if self._lobby is not None:
+            self._lobby.shutdown()
+            while not self._ready.empty():
+                self._lobby.close(self._ready.get_nowait()[0])
         self.log.main("main", "stopped")
 
     def _worker(self, number: int, generation: int) -> None:
+        """Serve one request at a time; between requests the connection
+        waits in the lobby and holds no worker."""
         while not self._stopping.is_set() and generation == self._generation:
             try:
-                sock, peer = self._connections.get(timeout=0.5)
+                session, frame = self._ready.get(timeout=0.5)
             except queue.Empty:
                 continue
-            conn = self._open(sock, peer, number)
-            if conn is None:
-                continue
-            session = Session(conn, peer, number)
+            session.thread = number
+            keep = False
             try:
-                self.serve_connection(session)
+                keep = self.serve_request(session, frame)
             except Exception as error:  # a bug must not kill the worker
-                self.log.main(str(number), "connection %s: internal error: %r" % (peer, error))
+                self.log.main(str(number), "connection %s: internal error: %r" % (session.peer, error))
             finally:
-                conn.close()
-
-    def allowed(self, host: str) -> bool:
-        if not self._allowed:
-            return True
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-        if getattr(address, "ipv4_mapped", None):
-            address = address.ipv4_mapped
-        return any(address in network for network in self._allowed)
-
-    def _open(self, sock: socket.socket, peer: str, number: int) -> Optional[FramedConnection]:
-        """Plain TCP, or a mutual-TLS handshake (bounded): a client without a
-        certificate from our CA, or speaking plain text, gets nothing."""
-        if self._tls is None:
-            return FramedConnection(sock, self.options.frame_size, self.options.stream_idle_timeout)
-        enable_keepalive(sock)
-        try:
-            sock.settimeout(self.options.handshake_timeout)
-            tls = self._tls.wrap_socket(sock, server_side=True)
-        except (OSError, ValueError) as error:
-            self.log.main(str(number), "refused %s: TLS handshake failed: %s" % (peer, error))
-            sock.close()
-            return None
-        relay = TlsRelay(tls)
-        return FramedConnection(relay.local, self.options.frame_size, self.options.stream_idle_timeout, relay)
+                if keep and not self._stopping.is_set() and self._lobby is not None:
+                    self._lobby.park(session)
+                elif self._lobby is not None:
+                    self._lobby.close(session)
+                else:
+                    session.conn.close()
 
     # -- one connection ------------------------------------------------------
 
@@ -375,47 +351,37 @@ class Receiver:
         except (ConnectionClosed, FrameTimeout, OSError):
             return False
 
-    def serve_connection(self, session: Session) -> None:
-        """Frames until ``:close``, EOF, an error reply, or shutdown."""
-        self.log.main(str(session.thread), "connection from %s" % session.peer)
+    def serve_request(self, session: Session, frame: bytes) -> bool:
+        """One frame, read whole by the lobby; True when the connection
+        stays open for the next (False after ``:close``, an error reply,
+        ``cleanbuffer``, or a lost connection)."""
         fd = session.conn.fileno()
-        while not self._stopping.is_set():
-            try:
-                text = session.conn.read_frame(self.options.idle_timeout)
-            except ConnectionClosed:
-                return
-            except FrameTimeout as error:
-                self.log.main(str(session.thread), "%s: closing idle connection: %s" % (session.peer, error))
-                return
-            except protocol.ProtocolError as error:
-                self._reply(session, False, str(error))
-                self.log.main(str(session.thread), "%s: bad frame: %s" % (session.peer, error))
-                return
-            except OSError as error:
-                self.log.main(str(session.thread), "%s: %s" % (session.peer, error))
-                return
-            try:
-                request = protocol.parse_request(text)
-            except protocol.ProtocolError as error:
-                self.log.main(str(session.thread), "%s: refused %r: %s" % (session.peer, text[:120], error))
-                self._reply(session, False, str(error))
-                return
-            self.log.worker(session.thread, fd, request.suffix, request.command, "request from %s" % session.peer)
-            if request.command == protocol.CMD_CLOSE:
-                return
-            if request.command == protocol.CMD_HELLO:
-                if not self._reply(session, True, protocol.hello_reply(__version__)):
-                    return
-                continue
-            if request.command == protocol.CMD_CLEANBUFFER:
-                failures = self.clean_buffer(session)
-                if failures:
-                    self._reply(session, False, "cleanbuffer: %d entries could not be placed" % failures)
-                else:
-                    self._reply(session, True, protocol.REPLY_OK)
-                return  # the original closes after cleanbuffer; so do we
-            if not self._serve_sync(session, request):
-                return
+        try:
+            text = session.conn.accept_frame(frame)
+        except protocol.ProtocolError as error:
+            self._reply(session, False, str(error))
+            self.log.main(str(session.thread), "%s: bad frame: %s" % (session.peer, error))
+            return False
+        try:
+            request = protocol.parse_request(text)
+        except protocol.ProtocolError as error:
+            self.log.main(str(session.thread), "%s: refused %r: %s" % (session.peer, text[:120], error))
+            self._reply(session, False, str(error))
+            return False
+        self.log.worker(session.thread, fd, session.prefix + request.suffix, request.command,
+                        "request from %s" % session.peer)
+        if request.command == protocol.CMD_CLOSE:
+            return False
+        if request.command == protocol.CMD_HELLO:
+            return self._reply(session, True, protocol.hello_reply(__version__))
+        if request.command == protocol.CMD_CLEANBUFFER:
+            failures = self.clean_buffer(session)
+            if failures:
+                self._reply(session, False, "cleanbuffer: %d entries could not be placed" % failures)
+            else:
+                self._reply(session, True, protocol.REPLY_OK)
+            return False  # the original closes after cleanbuffer; so do we
+        return self._serve_sync(session, request)
 
     def _serve_sync(self, session: Session, request: protocol.Request) -> bool:
         """sync / xsync / xplan; False when the connection must close."""
@@ -436,22 +402,25 @@ class Receiver:
         if snapshots is None:  # parse_request guarantees a list for sync
             raise RuntimeError("sync request without a snapshot list")
         plan_only = request.command == protocol.CMD_XPLAN
+        # Relative to ROOT: a confined client's suffix always lies below its
+        # sub-root (the suffix was validated: no '..', '@', '%', empty parts).
+        suffix = session.prefix + request.suffix
         try:
-            self.sync_dataset(session, request.suffix, tuple(snapshots), plan_only)
+            self.sync_dataset(session, suffix, tuple(snapshots), plan_only)
         except SyncFailed as failure:
-            self.log.main(str(session.thread), "%s: %s%s: %s" % (session.peer, self.root, request.suffix, failure))
-            self.log.worker(session.thread, session.conn.fileno(), request.suffix, request.command, "failed: %s" % failure)
+            self.log.main(str(session.thread), "%s: %s%s: %s" % (session.peer, self.root, suffix, failure))
+            self.log.worker(session.thread, session.conn.fileno(), suffix, request.command, "failed: %s" % failure)
             if not plan_only:
-                self.flags.set(request.suffix, protocol.CMD_SYNC)
+                self.flags.set(suffix, protocol.CMD_SYNC)
             self._reply(session, False, str(failure))
             return False
         except (ConnectionClosed, FrameTimeout, OSError) as error:
-            self.log.main(str(session.thread), "%s: %s%s: connection lost: %s" % (session.peer, self.root, request.suffix, error))
+            self.log.main(str(session.thread), "%s: %s%s: connection lost: %s" % (session.peer, self.root, suffix, error))
             if not plan_only:
-                self.flags.set(request.suffix, protocol.CMD_SYNC)
+                self.flags.set(suffix, protocol.CMD_SYNC)
             return False
         if not plan_only:
-            self.flags.clear(request.suffix, protocol.CMD_SYNC)
+            self.flags.clear(suffix, protocol.CMD_SYNC)
         return True
 
     # -- one dataset ---------------------------------------------------------
@@ -670,18 +639,23 @@ class Receiver:
         Entries another sync is working on are left alone. Returns the number
         of entries that could not be handled."""
         thread = str(session.thread)
+        prefix = session.prefix
         try:
             entries = [name[len(self.buffer) + 1:] for name in self.zfs.children(self.buffer)]
         except ZfsError as error:
             self.log.main(thread, "cleanbuffer: %s" % error)
-            self.flags.set("", protocol.CMD_CLEANBUFFER)
+            self.flags.set(prefix, protocol.CMD_CLEANBUFFER)
             return 1
         placed: Dict[str, str] = {}
         for name in entries:
             try:
-                placed[name] = self.target_of(parse_buffer_entry(name)[0])
+                suffix = parse_buffer_entry(name)[0]
             except protocol.ProtocolError:
                 self.log.main(thread, "cleanbuffer: leaving unknown entry %s/%s" % (self.buffer, name))
+                continue
+            # A confined client places only its own copies.
+            if not prefix or suffix == prefix or suffix.startswith(prefix + "/"):
+                placed[name] = self.target_of(suffix)
         failures = 0
         # Shallow targets first, so a parent is in place before its children.
         for name in sorted((n for n in placed if not n.endswith(OLD_MARK)), key=lambda n: placed[n].count("/")):
@@ -689,9 +663,9 @@ class Receiver:
         for name in (n for n in placed if n.endswith(OLD_MARK)):
             failures += not self._clean_entry(thread, session, self.buffer + "/" + name, placed[name], old=True)
         if failures:
-            self.flags.set("", protocol.CMD_CLEANBUFFER)
+            self.flags.set(prefix, protocol.CMD_CLEANBUFFER)
         else:
-            self.flags.clear("", protocol.CMD_CLEANBUFFER)
+            self.flags.clear(prefix, protocol.CMD_CLEANBUFFER)
         return failures
 
     def _clean_entry(self, thread: str, session: Session, entry: str, target: str, old: bool = False) -> bool:
