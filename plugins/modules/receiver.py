@@ -70,9 +70,42 @@ options:
     type: int
     default: 4
   backlog:
-    description: Listen backlog and the most connections waiting for a worker (C(-b)).
+    description: Listen backlog (C(-b)), connections the kernel holds before the daemon accepts them.
     type: int
     default: 50
+  max_connections:
+    description:
+      - Open connections at most, waiting for a request or being served (C(--max-connections)). A connection
+        beyond it is closed at once, without an answer, and logged; a sender sees it closed and reports
+        the datasets of that connection failed, and its next run retries.
+      - Connections between requests wait without holding a worker thread, so silent clients cannot
+        starve well-behaved senders of O(threads).
+    type: int
+    default: 64
+  max_per_client:
+    description:
+      - Open connections at most from one client address (C(--max-per-client)). Keep it above the
+        senders' thread count (C(zfsync_send -t), C(zfsyncron -t)), plus one for the probe connection.
+    type: int
+    default: 16
+  first_request_timeout:
+    description:
+      - Seconds a new connection has for its TLS handshake and its first complete request
+        (C(--first-request-timeout)); between requests the daemon's idle bound (300 s) applies.
+    type: int
+    default: 30
+  client_roots:
+    description:
+      - Per-client sub-roots (C(--client-root), repeatable, first match wins), each C(MATCH=SUB).
+        C(MATCH) is a network (V(10.0.0.0/24), V(192.0.2.7)) or C(cn:NAME), the commonName of the client's
+        TLS certificate (needs O(tls_cert)). A matching client writes only below C(<dataset>/SUB), and its
+        root dataset lands at C(<dataset>/SUB).
+      - When set, a client that no entry matches is closed without an answer and logged.
+      - Sub-roots must not nest (V(a) and V(a/b)). The daemon creates C(<dataset>) (C(canmount=off)) at start
+        when it is missing, so that the sub-roots can be placed under it.
+    type: list
+    elements: str
+    default: []
   log_file:
     description:
       - The daemon's main log (C(-o)). With O(verbose), one log per worker thread beside it.
@@ -167,11 +200,25 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Run a receiver for tank/backup, reachable from the whole network
+- name: Run a receiver for tank/backup, reachable from the branch network
   zfsync.zfsync.receiver:
     dataset: tank/backup
     listen_address: 0.0.0.0
+    allow: [10.1.0.0/16]
     threads: 8
+
+- name: Mutual TLS, each sender confined to its own tree below tank/backup
+  zfsync.zfsync.receiver:
+    dataset: tank/backup
+    listen_address: 0.0.0.0
+    tls_cert: /etc/zfsync/receiver.pem
+    tls_key: /etc/zfsync/receiver.key
+    tls_ca: /etc/zfsync/ca.pem
+    client_roots:
+      - cn:web1.example.org=web1
+      - cn:db1.example.org=db1
+      - 10.2.0.0/24=branch
+    max_connections: 128
 
 - name: Receiver in a container or sandbox, without a service manager
   zfsync.zfsync.receiver:
@@ -285,6 +332,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.zfsync.zfsync.plugins.module_utils import zfsync as engine
 from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import cli  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import clients
 from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import connection  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import logs  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.zfsync.zfsync.plugins.module_utils.zfsync import protocol
@@ -316,7 +364,9 @@ class ReceiverDeployment:
             listen_address=params["listen_address"], backlog=params["backlog"], threads=params["threads"],
             log_file=params["log_file"], flag_dir=params["flag_dir"], verbose=params["verbose"],
             frame_size=params["frame_size"], pid_file=params["pid_file"], allow=tuple(params["allow"]),
-            tls_cert=params["tls_cert"], tls_key=params["tls_key"], tls_ca=params["tls_ca"])
+            tls_cert=params["tls_cert"], tls_key=params["tls_key"], tls_ca=params["tls_ca"],
+            max_connections=params["max_connections"], max_per_client=params["max_per_client"],
+            first_request_timeout=params["first_request_timeout"], client_roots=tuple(params["client_roots"]))
         self.python = params["python"] or service.current_python()
         self.daemon = service.service_for(self.manager, self.settings)
         self.zfs = zfs.Zfs()
@@ -342,7 +392,14 @@ class ReceiverDeployment:
                 and not _is_loopback(params["listen_address"]):
             self.module.fail_json(msg="listen_address %s is not loopback: the zfsync protocol has no authentication, "
                                   "so set allow (client networks) or tls_cert/tls_ca" % params["listen_address"])
-        for name in ("threads", "backlog"):
+        try:
+            roots = clients.ClientRoots(params["client_roots"])
+        except ValueError as error:
+            self.module.fail_json(msg="client_roots: %s" % error)
+        if roots.need_certificates and not params["tls_cert"]:
+            self.module.fail_json(msg="client_roots: a cn:NAME entry needs TLS (tls_cert, tls_ca): the name comes "
+                                  "from the sender's certificate")
+        for name in ("threads", "backlog", "max_connections", "max_per_client", "first_request_timeout"):
             if params[name] < 1:
                 self.module.fail_json(msg="%s must be at least 1, got %d" % (name, params[name]))
         if not params["listen_address"] or any(c.isspace() for c in params["listen_address"]):
@@ -510,6 +567,10 @@ def main():
             port=dict(type="int", default=30),
             threads=dict(type="int", default=4),
             backlog=dict(type="int", default=50),
+            max_connections=dict(type="int", default=64),
+            max_per_client=dict(type="int", default=16),
+            first_request_timeout=dict(type="int", default=30),
+            client_roots=dict(type="list", elements="str", default=[]),
             log_file=dict(type="path", default="/var/log/zfshad.log"),
             flag_dir=dict(type="path", default="/var/run/zfshad"),
             verbose=dict(type="bool", default=False),

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import ENGINE_MODULES, __version__
+from .clients import DEFAULT_FIRST_REQUEST_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_CLIENT
 
 SERVICE_NAME = "zfsync-recv"            # systemd
 RC_NAME = "zfsync_recv"                 # FreeBSD rc.d and rc.conf.d
@@ -81,6 +82,10 @@ class ReceiverSettings:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_client: int = DEFAULT_MAX_PER_CLIENT
+    first_request_timeout: float = DEFAULT_FIRST_REQUEST_TIMEOUT
+    client_roots: Tuple[str, ...] = ()
 
     @property
     def bin_dir(self) -> str:
@@ -99,8 +104,9 @@ class ReceiverSettings:
         return os.path.join(self.bin_dir, "zfsync_recv")
 
     def daemon_args(self, pid_file: bool = False) -> List[str]:
-        """Arguments after the program name, ROOT last; ``--frame-size`` only
-        when not ``auto`` so the default is the original's command line."""
+        """Arguments after the program name, ROOT last; ``--frame-size`` and
+        the connection bounds only when not the default, so the default is
+        the original's command line."""
         args = ["-v"] if self.verbose else []
         args += ["-p", str(self.port), "-b", str(self.backlog), "-t", str(self.threads),
                  "-o", self.log_file, "-d", self.flag_dir, "-i", self.listen_address]
@@ -108,6 +114,14 @@ class ReceiverSettings:
             args += ["--frame-size", str(self.frame_size)]
         for cidr in self.allow:
             args += ["--allow", cidr]
+        for flag, value, default in (("--max-connections", self.max_connections, DEFAULT_MAX_CONNECTIONS),
+                                     ("--max-per-client", self.max_per_client, DEFAULT_MAX_PER_CLIENT),
+                                     ("--first-request-timeout", self.first_request_timeout,
+                                      DEFAULT_FIRST_REQUEST_TIMEOUT)):
+            if value != default:
+                args += [flag, "%g" % value]
+        for spec in self.client_roots:
+            args += ["--client-root", spec]
         for flag, value in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key), ("--tls-ca", self.tls_ca)):
             if value:
                 args += [flag, value]

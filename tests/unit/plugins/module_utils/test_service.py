@@ -570,3 +570,15 @@ def test_allow_and_tls_options_reach_the_daemon_command_line():
     for flag, value in (("--tls-cert", "/etc/zfsync/r.pem"), ("--tls-key", "/etc/zfsync/r.key"),
                         ("--tls-ca", "/etc/zfsync/ca.pem")):
         assert args[args.index(flag) + 1] == value
+
+
+def test_connection_bounds_and_client_roots_reach_the_daemon_command_line_only_when_set():
+    default = service.ReceiverSettings(root="tank/backup").daemon_args()
+    assert not [a for a in default if a.startswith(("--max-", "--first-request", "--client-root"))]
+    args = service.ReceiverSettings(root="tank/backup", max_connections=128, max_per_client=4,
+                                    first_request_timeout=10, client_roots=("cn:web1=web1", "10.0.0.0/24=branch"),
+                                    ).daemon_args()
+    assert args[-1] == "tank/backup"
+    for flag, value in (("--max-connections", "128"), ("--max-per-client", "4"), ("--first-request-timeout", "10")):
+        assert args[args.index(flag) + 1] == value
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--client-root"] == ["cn:web1=web1", "10.0.0.0/24=branch"]

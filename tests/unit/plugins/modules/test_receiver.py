@@ -44,8 +44,8 @@ def test_a_port_out_of_range_is_refused(capsys, tmp_path, port):
     assert result["failed"] is True and "port must be 1..65535" in result["msg"]
 
 
-@pytest.mark.parametrize("option", ["threads", "backlog"])
-def test_threads_and_backlog_must_be_positive(capsys, tmp_path, option):
+@pytest.mark.parametrize("option", ["threads", "backlog", "max_connections", "max_per_client", "first_request_timeout"])
+def test_threads_backlog_and_connection_bounds_must_be_positive(capsys, tmp_path, option):
     result = run_module(capsys, **base_args(tmp_path, **{option: 0}))
     assert result["failed"] is True and option in result["msg"]
 
@@ -83,3 +83,15 @@ def test_an_allow_entry_that_is_no_network_is_refused(capsys, tmp_path):
 def test_tls_cert_without_ca_is_refused(capsys, tmp_path):
     result = run_module(capsys, **base_args(tmp_path, tls_cert=str(tmp_path / "c.pem")))
     assert result["failed"] is True and "tls_cert" in result["msg"] and "tls_ca" in result["msg"]
+
+
+@pytest.mark.parametrize("roots, message", [
+    (["web1"], "expected MATCH=SUB"),
+    (["10.0.0.1=../x"], "not allowed"),
+    (["10.0.0.1=a", "10.0.0.2=a/b"], "overlap"),
+    (["cn:web1=web1"], "needs TLS"),
+])
+def test_bad_client_roots_are_refused_before_anything_changes(capsys, tmp_path, roots, message):
+    result = run_module(capsys, **base_args(tmp_path, client_roots=roots))
+    assert result["failed"] is True and "client_roots" in result["msg"] and message in result["msg"]
+    assert not os.path.exists(str(tmp_path / "prefix"))
