@@ -326,11 +326,13 @@ class Lobby:
         except OSError:
             pass  # the pipe is full: the lobby is awake already
 
-    def close(self, session: Session) -> None:
+    def close(self, session: Session, wait: bool = True) -> None:
+        """End a session; ``wait=False`` from the lobby's own thread, which
+        must not wait for a TLS relay to flush to a slow peer."""
         if session.closed:
             return
         session.closed = True
-        session.conn.close()
+        session.conn.close(wait)
         self.limits.release(session.host)
 
     # -- the loop (main thread) ----------------------------------------------
@@ -475,7 +477,7 @@ class Lobby:
             try:
                 sock.setblocking(False)
             except OSError:
-                self.close(session)
+                self.close(session, wait=False)
                 continue
             waiting = Waiting(sock, session.peer, session.host, time.monotonic() + self.settings.idle_timeout,
                               PendingFrame(session.conn.frame_size), session=session, first=False)
@@ -536,7 +538,7 @@ class Lobby:
             except (KeyError, ValueError):
                 pass
         if waiting.session is not None:
-            self.close(waiting.session)
+            self.close(waiting.session, wait=False)
             return
         try:
             waiting.sock.close()  # type: ignore[attr-defined]

@@ -103,13 +103,15 @@ class FramedConnection:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """``wait=False``: do not wait for a TLS relay to flush (the
+        receiver's lobby must not block on one slow peer)."""
         try:
             self.sock.close()
         except OSError:
             pass
         if self.relay is not None:
-            self.relay.close()
+            self.relay.close(wait)
 
     def bytes_sent(self) -> Optional[int]:
         """Bytes this side has delivered so far: through the TLS relay, or
@@ -272,6 +274,7 @@ def connect(host: str, port: int, timeout: float, bind_address: Optional[str] = 
 
 RELAY_CHUNK = 256 * 1024
 RELAY_BUFFER = 1024 * 1024  # per direction: the relay's memory is bounded
+RELAY_FLUSH = 10.0  # after close, seconds to deliver what is still buffered
 
 
 def tls_context(server: bool, cert: str, key: str, ca: str):
@@ -315,18 +318,22 @@ class TlsRelay:
         self.bytes_out = 0
         self.bytes_in = 0
         self._stop = False
+        self._flush_until: Optional[float] = None
         self._thread = threading.Thread(target=self._run, name="zfsync-tls-relay", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """Close our end; the relay flushes what is still buffered towards
-        the peer (a last reply), then closes the TLS connection."""
+        the peer (a last reply) for up to RELAY_FLUSH seconds, then closes
+        the TLS connection. ``wait``: until it has."""
+        self._flush_until = time.monotonic() + RELAY_FLUSH
         try:
             self.local.close()
         except OSError:
             pass
-        self._thread.join(10)
-        self._stop = True
+        if wait:
+            self._thread.join(RELAY_FLUSH)
+            self._stop = True
 
     def _run(self) -> None:
         import ssl
@@ -337,7 +344,7 @@ class TlsRelay:
         to_tls, to_inner = bytearray(), bytearray()
         tls_eof = inner_eof = inner_shut = False
         try:
-            while not self._stop:
+            while not self._stop and not (self._flush_until and time.monotonic() > self._flush_until):
                 if tls_eof and not to_inner and not inner_shut:
                     inner.shutdown(socket.SHUT_WR)  # the peer is done: EOF for zfs/frames
                     inner_shut = True
