@@ -102,7 +102,8 @@ def test_connections_past_the_total_limit_are_closed_and_a_sender_is_told_it_fai
         wait_for_log(daemon, "refused 127.0.0.9:")
         assert "4 connections open (--max-connections 4)" in daemon.log()
         proc = zfstest.send(root, daemon.port, timeout=120)
-        assert proc.returncode == 1 and "did not answer the protocol probe" in proc.stdout + proc.stderr
+        # Closed before or after its probe frame arrived: EOF or a reset.
+        assert proc.returncode == 1 and "protocol probe" in proc.stdout + proc.stderr
         assert not any(closed_by_peer(sock, 0) for sock in flood)
     assert zfs("list", "-H", "-o", "name", daemon.root, check=False) == ""
     wait_for_log(daemon, "refused 127.0.0.1:")
