@@ -7,7 +7,7 @@ PYTEST := $(VENV)/bin/pytest
 # The oldest managed-host Python we support runs the engine's tests as well.
 OLD_PYTHONS ?= 3.9
 
-.PHONY: help deps venv demo demo-clean test test-unit test-integration test-old-python sanity lint clean
+.PHONY: help deps venv demo demo-clean test test-unit test-integration test-old-python sanity lint test-molecule test-freebsd lab-image clean
 
 help: ## list the entry points
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -24,11 +24,11 @@ demo: deps venv ## local sandbox through Ansible: file-backed pools, a receiver 
 demo-clean: ## stop the sandbox receiver and destroy the sandbox pools
 	python3 tools/demo.py clean
 
-test: deps venv ## the whole suite: unit, real-ZFS integration, old Pythons, ansible-test, lint
-	$(MAKE) test-unit test-integration test-old-python sanity lint
+test: deps venv ## the whole suite: unit, real-ZFS integration, old Pythons, ansible-test, lint, Molecule on lab VMs
+	$(MAKE) test-unit test-integration test-old-python sanity lint test-molecule
 
-test-unit: venv ## pure engine tests (no ZFS)
-	$(PYTEST) -q tests/unit/engine
+test-unit: venv ## pure tests (no ZFS): engine, lab launcher
+	$(PYTEST) -q tests/unit/engine tests/unit/lab
 
 test-integration: deps venv ## engine and modules against real zfs-fuse/OpenZFS pools on 127.0.0.1
 	$(PYTEST) -q tests/integration
@@ -42,6 +42,22 @@ sanity: venv ## ansible-test sanity and units against the built, installed colle
 
 lint: venv ## ansible-lint, production profile
 	tools/lint.sh
+
+lab-image: deps ## build (or reuse) the lab VM image: Debian 12 + OpenZFS, cached in /var/cache/zfsync-lab
+	tests/lab/build-image
+
+test-molecule: deps venv ## Molecule scenario default: site.yml, idempotence, sync.yml, testinfra on two OpenZFS VMs
+	tools/molecule.sh test -s default
+
+test-freebsd: deps venv ## Molecule scenario freebsd (needs ZFSYNC_LAB_FREEBSD_IMAGE=FreeBSD BASIC-CLOUDINIT zfs qcow2)
+	tools/molecule.sh test -s freebsd
+
+# Sizes of `make bench` (see benchmarks/README.md for why); override with
+# e.g. `make bench BENCH_ARGS="--runs 5"`.
+BENCH_ARGS ?=
+
+bench: ## benchmark in a lab VM on OpenZFS: zfsync vs the raw pipe, a shell loop, syncoid, zfs-autobackup, bzfs (builds or reuses the image)
+	python3 benchmarks/bench.py $(BENCH_ARGS)
 
 clean: ## remove build and test leftovers (keeps the venvs)
 	rm -rf build tests/output .pytest_cache

@@ -27,7 +27,7 @@ if [ "$#" -gt 0 ]; then
 else
     targets=()
     # Only what holds YAML: empty placeholders are not worth a lint run.
-    for path in playbooks roles molecule meta galaxy.yml; do
+    for path in playbooks roles extensions meta galaxy.yml; do
         if [ -f "$path" ] || { [ -d "$path" ] && [ -n "$(find "$path" -name '*.yml' -o -name '*.yaml' | head -n 1)" ]; }; then
             targets+=("$path")
         fi

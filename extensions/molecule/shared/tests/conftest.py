@@ -1,0 +1,106 @@
+"""Helpers of the Molecule verifier: both VMs at once, the replicated trees
+as the two hosts' zfs(8) list them, and file checksums read through
+snapshots (sender) and clones of them (receiver, whose datasets are not
+mounted)."""
+
+import json
+import os
+import shlex
+
+import pytest
+import testinfra
+
+SENDER_ROOT = "tank/data"
+RECEIVER_ROOT = "tank/replicas/sender"
+VERIFY_PARENT = "tank/zfsync-verify"
+
+
+def lab_state():
+    lab = os.environ.get("ZFSYNC_LAB_STATE") or os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "lab")
+    path = os.path.join(lab, "state.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _host(request, name):
+    inventory = request.config.option.ansible_inventory
+    return testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, inventory))
+
+
+@pytest.fixture(scope="session")
+def receiver(request):
+    return _host(request, "receiver")
+
+
+@pytest.fixture(scope="session")
+def sender(request):
+    return _host(request, "sender")
+
+
+def run(host, command):
+    """Run a command, fail the test with its output when it fails."""
+    result = host.run(command)
+    assert result.rc == 0, "%s: rc=%d\n%s%s" % (command, result.rc, result.stdout, result.stderr)
+    return result.stdout
+
+
+def tree(host, root):
+    """{relative dataset: [(snapshot, guid), ...] oldest first} below root."""
+    out = run(host, "zfs list -H -p -r -t filesystem,snapshot -s createtxg -o name,guid %s" % shlex.quote(root))
+    datasets = {}
+    for line in out.splitlines():
+        name, guid = line.split("\t")
+        dataset, _, snapshot = name.partition("@")
+        relative = dataset[len(root):]
+        entry = datasets.setdefault(relative, [])
+        if snapshot:
+            entry.append((snapshot, guid))
+    return datasets
+
+
+def sender_checksums(host, snapshot):
+    """{relative path: sha256} of every file of every dataset, as of snapshot."""
+    sums = {}
+    for relative in tree(host, SENDER_ROOT):
+        base = "/%s%s/.zfs/snapshot/%s" % (SENDER_ROOT, relative, snapshot)
+        sums.update(_checksums(host, base, relative))
+    return sums
+
+
+def receiver_checksums(host, snapshot):
+    """The same, on the receiver: each snapshot cloned, read and destroyed."""
+    sums = {}
+    run(host, "zfs destroy -r %s 2>/dev/null; zfs create -o mountpoint=/var/tmp/zfsync-verify %s"
+        % (VERIFY_PARENT, VERIFY_PARENT))
+    try:
+        for index, relative in enumerate(sorted(tree(host, RECEIVER_ROOT))):
+            clone = "%s/c%d" % (VERIFY_PARENT, index)
+            run(host, "zfs clone %s%s@%s %s" % (RECEIVER_ROOT, relative, snapshot, clone))
+            sums.update(_checksums(host, "/var/tmp/zfsync-verify/c%d" % index, relative))
+    finally:
+        run(host, "zfs destroy -r %s" % VERIFY_PARENT)
+    return sums
+
+
+def _checksums(host, base, relative):
+    # -xdev: a child dataset's mount point is another dataset's business.
+    out = run(host, "cd %s && find . -xdev -type f -exec sha256sum {} +" % shlex.quote(base))
+    sums = {}
+    for line in out.splitlines():
+        digest, path = line.split(None, 1)
+        sums["%s/%s" % (relative, path[2:])] = digest
+    return sums
+
+
+def sync_now(sender, *extra):
+    """Run the sender's installed zfsync_send with the deployed TLS files,
+    to the receiver VM; return its JSON result."""
+    port = lab_state()["vms"]["receiver"]["forwards"]["3030"]
+    tls = "/etc/zfsync/tls"
+    if sender.system_info.type == "freebsd":
+        tls = "/usr/local/etc/zfsync/tls"
+    command = ("/usr/local/bin/zfsync_send --json -t 2 -p %d --tls-cert %s/host.pem --tls-key %s/host.key "
+               "--tls-ca %s/ca.pem %s %s 10.0.2.2" % (port, tls, tls, tls, " ".join(extra), SENDER_ROOT))
+    result = sender.run(command)
+    assert result.stdout.strip(), "no JSON from %s: rc=%d %s" % (command, result.rc, result.stderr)
+    return json.loads(result.stdout)
