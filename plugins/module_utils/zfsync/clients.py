@@ -37,6 +37,7 @@ DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_MAX_PER_CLIENT = 16
 DEFAULT_FIRST_REQUEST_TIMEOUT = 30.0
 
+
 def client_address(host: str):
     """The address a limit or rule applies to: scope ids dropped, IPv4
     clients of a dual-stack listener (``::ffff:a.b.c.d``) as IPv4."""
