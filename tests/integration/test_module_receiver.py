@@ -35,6 +35,10 @@ PLAYBOOK = """
         pid_file: "{{ zfsync_workdir }}/zfsync_recv.pid"
         log_file: "{{ zfsync_workdir }}/zfshad.log"
         flag_dir: "{{ zfsync_workdir }}/flags"
+        client_roots: "{{ zfsync_client_roots | default(omit) }}"
+        max_connections: "{{ zfsync_max_connections | default(omit) }}"
+        max_per_client: "{{ zfsync_max_per_client | default(omit) }}"
+        first_request_timeout: "{{ zfsync_first_request_timeout | default(omit) }}"
         state: "{{ zfsync_state | default('present') }}"
 """
 
@@ -244,3 +248,21 @@ def test_the_installed_daemon_receives_a_tree_from_the_installed_sender(play, po
     assert send.returncode == 0, send.stdout + send.stderr
     names = zfstest.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", play.dataset).split()
     assert {play.dataset + "@s1", play.dataset + "/child@s1"} <= set(names)
+
+
+def test_client_roots_and_connection_bounds_reach_the_running_daemon(play, pools):
+    result = play.run(client_roots=["127.0.0.2=two"], max_connections=8, max_per_client=4, first_request_timeout=5)
+    with open("/proc/%d/cmdline" % result["service"]["pid"], "rb") as handle:
+        argv = [a.decode() for a in handle.read().split(b"\0")]
+    for flag, value in (("--client-root", "127.0.0.2=two"), ("--max-connections", "8"), ("--max-per-client", "4"),
+                        ("--first-request-timeout", "5")):
+        assert argv[argv.index(flag) + 1] == value
+    sender = pools.create("sm")
+    zfstest.zfs("create", "-p", sender + "/data/child")
+    zfstest.zfs("snapshot", "-r", sender + "/data@s1")
+    send = subprocess.run([os.path.join(play.prefix, "bin", "zfsync_send"), "-p", str(play.port), "-i", "127.0.0.2",
+                           sender + "/data", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=180, check=False)
+    assert send.returncode == 0, send.stdout + send.stderr
+    names = zfstest.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", play.dataset).split()
+    assert {play.dataset + "/two@s1", play.dataset + "/two/child@s1"} == set(names)
