@@ -142,3 +142,21 @@ def test_a_frame_cut_between_requests_is_bounded_by_the_idle_bound(daemon):
             assert zfstest.exchange(other, ":xhello").startswith("0:zfsync ")
         assert time.monotonic() - started < 2
         assert closed_by_peer(slow, 10)
+
+
+def test_a_flood_of_refused_connections_is_logged_in_bursts_not_line_by_line(daemon):
+    daemon.stop()
+    daemon.start("--max-per-client", "1")
+    with contextlib.closing(connect_from("127.0.0.5", daemon.port)):
+        for _attempt in range(200):
+            with contextlib.closing(connect_from("127.0.0.5", daemon.port)) as sock:
+                assert closed_by_peer(sock, 5)
+        wait_for_log(daemon, "more connection lines not logged (more than 20 a second)")
+        time.sleep(1.5)  # the count of the last second comes when it is over
+    log = daemon.log()
+    refused = log.count("refused 127.0.0.5:")
+    left_out = sum(int(line.split("| ")[-1].split()[0]) for line in log.splitlines()
+                   if "more connection lines not logged" in line)
+    assert refused < 200 and refused + left_out == 200
+    with contextlib.closing(connect_from("127.0.0.1", daemon.port)) as sock:
+        assert zfstest.exchange(sock, ":xhello").startswith("0:zfsync ")

@@ -247,6 +247,39 @@ class PendingFrame:
 
 # -- the lobby ---------------------------------------------------------------
 
+class LogRate:
+    """At most ``burst`` lines a second of what the lobby logs per
+    connection (accepted, refused, closed), the rest counted and summed up
+    in one line: a flood of connections must not fill the log's disk."""
+
+    def __init__(self, burst: int = 20):
+        self.burst = burst
+        self._second = -1
+        self._lines = 0
+        self.suppressed = 0
+
+    def admit(self, now: float) -> Tuple[bool, int]:
+        """(log this line?, lines suppressed in earlier seconds, to report now)."""
+        second = int(now)
+        report = 0
+        if second != self._second:
+            self._second, self._lines = second, 0
+            report, self.suppressed = self.suppressed, 0
+        self._lines += 1
+        if self._lines > self.burst:
+            self.suppressed += 1
+            return False, report
+        return True, report
+
+    def overdue(self, now: float) -> int:
+        """Lines suppressed in a second that is over: report them even when
+        no new line comes."""
+        if self.suppressed and int(now) != self._second:
+            report, self.suppressed = self.suppressed, 0
+            return report
+        return 0
+
+
 @dataclass(eq=False)
 class Session:
     """One accepted connection; a worker holds it for one request at a time."""
@@ -315,6 +348,7 @@ class Lobby:
         self._waiting: Dict[int, Waiting] = {}
         self._parked: List[Session] = []
         self._parked_lock = threading.Lock()
+        self._log_rate = LogRate()
 
     # -- from workers (any thread) -------------------------------------------
 
@@ -355,7 +389,9 @@ class Lobby:
                 self._take_parked()
             else:
                 self._progress(key.data)
-        self._check_waiting(time.monotonic())
+        now = time.monotonic()
+        self._check_waiting(now)
+        self._note_suppressed(self._log_rate.overdue(now))
 
     def shutdown(self) -> None:
         for waiting in list(self._waiting.values()):
@@ -373,6 +409,17 @@ class Lobby:
 
     # -- admission -----------------------------------------------------------
 
+    def _note(self, message: str) -> None:
+        log_it, suppressed = self._log_rate.admit(time.monotonic())
+        self._note_suppressed(suppressed)
+        if log_it:
+            self.log.main("main", message)
+
+    def _note_suppressed(self, count: int) -> None:
+        if count:
+            self.log.main("main", "%d more connection lines not logged (more than %d a second)"
+                          % (count, self._log_rate.burst))
+
     def _accept(self) -> None:
         try:
             sock, address = self._listener.accept()
@@ -382,16 +429,16 @@ class Lobby:
         peer = "%s:%s" % address[:2]
         if self._allowed and not address_in(host, self._allowed):
             # No answer at all: a refused client learns nothing.
-            self.log.main("main", "refused %s: not in the allow list" % peer)
+            self._note("refused %s: not in the allow list" % peer)
             sock.close()
             return
         if self.roots and not self.roots.need_certificates and self.roots.match_by_address(host) is None:
-            self.log.main("main", "refused %s: no --client-root matches this address" % peer)
+            self._note("refused %s: no --client-root matches this address" % peer)
             sock.close()
             return
         refusal = self.limits.admit(host)
         if refusal:
-            self.log.main("main", "refused %s: %s" % (peer, refusal))
+            self._note("refused %s: %s" % (peer, refusal))
             sock.close()
             return
         sock.setblocking(False)
@@ -403,7 +450,7 @@ class Lobby:
                 waiting.tls = waiting.sock = self.tls_context.wrap_socket(sock, server_side=True,
                                                                           do_handshake_on_connect=False)
             except (OSError, ValueError) as error:
-                self.log.main("main", "refused %s: TLS handshake failed: %s" % (peer, error))
+                self._note("refused %s: TLS handshake failed: %s" % (peer, error))
                 sock.close()
                 self.limits.release(host)
                 return
@@ -415,7 +462,7 @@ class Lobby:
             waiting.session = Session(FramedConnection(sock, self.settings.frame_size,
                                                        self.settings.stream_idle_timeout),
                                       peer, host, prefix=prefix)
-        self.log.main("main", "connection from %s" % peer)
+        self._note("connection from %s" % peer)
         self._watch(waiting)
 
     def _confinement(self, waiting: Waiting, common_name: Optional[str]) -> Optional[str]:
@@ -425,7 +472,7 @@ class Lobby:
             return ""
         rule = self.roots.match(waiting.host, common_name)
         if rule is None:
-            self.log.main("main", "refused %s%s: no --client-root matches" % (
+            self._note("refused %s%s: no --client-root matches" % (
                 waiting.peer, " (certificate %s)" % common_name if common_name else ""))
             self._drop(waiting)
             return None
@@ -442,7 +489,7 @@ class Lobby:
             self._selector.modify(tls, selectors.EVENT_WRITE, waiting)
             return
         except (OSError, ValueError) as error:
-            self.log.main("main", "refused %s: TLS handshake failed: %s" % (waiting.peer, error))
+            self._note("refused %s: TLS handshake failed: %s" % (waiting.peer, error))
             self._drop(waiting)
             return
         self._selector.unregister(tls)
@@ -523,11 +570,11 @@ class Lobby:
             if now >= waiting.deadline:
                 if waiting.first:
                     what = "TLS handshake" if waiting.tls is not None else "first request"
-                    self.log.main("main", "closing %s: no %s within %.0f s" % (
+                    self._note("closing %s: no %s within %.0f s" % (
                         waiting.peer, what, self.settings.first_request_timeout if waiting.tls is None
                         else min(self.settings.first_request_timeout, self.settings.handshake_timeout)))
                 else:
-                    self.log.main("main", "closing idle connection %s: no request within %.0f s" % (
+                    self._note("closing idle connection %s: no request within %.0f s" % (
                         waiting.peer, self.settings.idle_timeout))
                 self._drop(waiting)
 

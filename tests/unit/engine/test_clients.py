@@ -203,3 +203,21 @@ def test_receiver_command_line_refuses_bad_bounds_and_client_roots(argv, message
         cli.main_recv(argv + ["tank/recv"])
     assert exit_info.value.code == 1
     assert message in capsys.readouterr().err
+
+
+# --- the lobby's log rate -----------------------------------------------------
+
+def test_log_rate_lets_a_burst_through_each_second_and_counts_the_rest():
+    rate = clients.LogRate(burst=3)
+    assert [rate.admit(100.1)[0] for _n in range(5)] == [True, True, True, False, False]
+    assert rate.admit(101.0) == (True, 2)  # a new second reports what was left out
+    assert rate.suppressed == 0
+
+
+def test_log_rate_reports_suppressed_lines_once_their_second_is_over_without_new_lines():
+    rate = clients.LogRate(burst=1)
+    rate.admit(5.0)
+    rate.admit(5.5)
+    assert rate.overdue(5.9) == 0
+    assert rate.overdue(6.2) == 1
+    assert rate.overdue(7.0) == 0
