@@ -403,10 +403,6 @@ class Lobby:
         self._wake_read.close()
         self._wake_write.close()
 
-    @property
-    def waiting_count(self) -> int:
-        return len(self._waiting)
-
     # -- admission -----------------------------------------------------------
 
     def _note(self, message: str) -> None:

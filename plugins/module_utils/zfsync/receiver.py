@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: zfsync engineers
 # BSD 2-Clause License (see LICENSE)
-"""The receiver daemon: accepts sender connections, decides per dataset what
-it needs, receives ZFS streams straight from the socket.
+"""The receiver daemon: serves senders' requests (between requests their
+connections wait in the lobby of clients.py, holding no worker), decides per
+dataset what it needs, receives ZFS streams straight from the socket.
 
 Where the original is unsafe, ours differs (docs/architecture.md has the
 reasons):
