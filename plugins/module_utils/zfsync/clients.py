@@ -229,7 +229,7 @@ class PendingFrame:
         if have >= max(protocol.FRAME_SIZES):
             return max(protocol.FRAME_SIZES)
         small = min(protocol.FRAME_SIZES)
-        if have == small and (self.eof or now - (self._half_at or now) >= FRAME_DETECT_WAIT):
+        if have == small and self._half_at is not None and (self.eof or now - self._half_at >= FRAME_DETECT_WAIT):
             return small
         return None
 

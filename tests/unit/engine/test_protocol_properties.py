@@ -69,3 +69,35 @@ def test_decide_never_names_a_snapshot_the_sender_lacks(sender, exists, receiver
     if plan_text is not None:
         plan = protocol.plan_streams(plan_text, sender)
         assert all(s.to == sender[-1] or s.to == sender[0] for s in plan.streams)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from([256, 512]), st.lists(st.integers(min_value=1, max_value=600), max_size=20))
+def test_a_frame_gathered_in_any_pieces_is_one_whole_frame_of_its_size(size, cuts):
+    """The receiver's lobby reads a frame as TCP delivers it: however it is
+    split, it completes once, at the sender's frame size, and never reads
+    past it."""
+    from zfsync.clients import PendingFrame
+
+    frame = protocol.encode_frame("@s1::sync", size)
+    pending = PendingFrame(None)
+    offset = 0
+    for cut in cuts + [size]:
+        piece = frame[offset:offset + min(cut, pending.want())]
+        offset += len(piece)
+        pending.add(piece, 0.0)
+        if offset >= size:
+            break
+    assert bytes(pending.data) == frame
+    assert pending.complete(60.0) == size
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(["127.0.0.1=one", "cn:web1=one", "10.0.0.0/8=one/two"]), suffixes)
+def test_a_confined_clients_datasets_all_lie_below_its_sub_root(spec, suffix):
+    from zfsync.clients import parse_client_root
+
+    rule = parse_client_root(spec)
+    protocol.validate_suffix(suffix)
+    target = "tank/recv" + rule.prefix + suffix
+    assert target == "tank/recv/" + rule.sub or target.startswith("tank/recv/" + rule.sub + "/")
