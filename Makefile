@@ -7,7 +7,7 @@ PYTEST := $(VENV)/bin/pytest
 # The oldest managed-host Python we support runs the engine's tests as well.
 OLD_PYTHONS ?= 3.9
 
-.PHONY: help deps venv demo demo-clean test test-unit test-integration test-old-python sanity lint test-molecule test-freebsd lab-image clean
+.PHONY: help deps venv demo demo-clean test test-unit test-integration test-old-python sanity lint test-molecule test-freebsd lab-image test-lab test-lab-engine clean
 
 help: ## list the entry points
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -45,6 +45,12 @@ lint: venv ## ansible-lint, production profile
 
 lab-image: deps ## build (or reuse) the lab VM image: Debian 12 + OpenZFS, cached in /var/cache/zfsync-lab
 	tests/lab/build-image
+
+test-lab: lab-image venv ## golden replay: the original sender's captured bytes against our receiver on OpenZFS in a lab VM (about 18 min under TCG)
+	$(PYTEST) -q tests/lab/test_golden_replay.py
+
+test-lab-engine: lab-image venv ## the engine's integration tests (test_engine_*) inside a lab VM on OpenZFS 2.1 (slow; not part of make test)
+	$(PY) tests/lab/engine-suite
 
 test-molecule: deps venv ## Molecule scenario default: site.yml, idempotence, sync.yml, testinfra on two OpenZFS VMs
 	tools/molecule.sh test -s default
