@@ -274,10 +274,15 @@ def render_report(results: dict) -> str:
            "Peers: syncoid %s; zfs-autobackup %s; bzfs %s." % (
                guest.get("syncoid"), guest.get("zfs-autobackup"), guest.get("bzfs")),
            "Sizes: a tree of %d datasets (the root, groups of up to 10: %d), %s + 4 KiB of random data "
-           "each; scenario 4: %s of incompressible data in one dataset; %d runs per contender, median "
-           "(a sample counts only if the target then holds every snapshot)." % (
+           "each; scenario 4: %s of incompressible data in one dataset; %d runs per contender planned, the "
+           "median of those that completed (ok/runs in the tables; a sample counts only if the target then "
+           "holds every snapshot)." % (
                datasets, (datasets - 1 + 9) // 10, benchlib.format_size(opts["small_size"]),
                benchlib.format_size(big), opts["runs"]), ""]
+    out.append("Summary: median wall time (ratio to the raw pipe); details per scenario below.")
+    out.append("")
+    out.append(benchlib.summary_table(samples, contenders, opts["scenarios"], opts.get("big_contenders")))
+    out.append("")
     for scenario in opts["scenarios"]:
         chosen = opts.get("big_contenders", contenders) if scenario == 4 else contenders
         rows = benchlib.aggregate(samples, scenario, [c for c in contenders if c in chosen])

@@ -287,6 +287,29 @@ def scenario_table(rows: Sequence[Row], scenario: int, datasets: int, big_size: 
     return render_table(headers, body)
 
 
+def summary_table(samples: Sequence[Sample], contenders: Sequence[str], scenarios: Sequence[int],
+                  big_contenders: Optional[Sequence[str]] = None) -> str:
+    """One row per contender, one column per scenario: 'median s (x raw)',
+    or why it has no number; for the README."""
+    by_scenario = {}
+    for scenario in scenarios:
+        chosen = big_contenders if scenario == 4 and big_contenders is not None else contenders
+        by_scenario[scenario] = {r.contender: r for r in aggregate(samples, scenario, chosen)}
+    body = []
+    for name in contenders:
+        cells = [name]
+        for scenario in scenarios:
+            row = by_scenario[scenario].get(name)
+            if row is None:
+                cells.append("")
+            elif row.seconds is None:
+                cells.append("failed" if row.runs else "-")
+            else:
+                cells.append("%.1f s (%s)" % (row.seconds, fmt(row.ratio, 2, "x")))
+        body.append(cells)
+    return render_table(["contender"] + ["scenario %d" % s for s in scenarios], body)
+
+
 def short_error(error: str, limit: int = 70) -> str:
     """The first meaningful line of an error, cut to fit a table cell."""
     lines = [l.strip() for l in error.splitlines() if l.strip()]

@@ -208,3 +208,14 @@ def test_parse_importtime_lists_stdlib_imports_slowest_first_without_ours():
             "import time:       300 |        300 |     _ssl\n"
             "import time:       200 |      90000 | zfsync.cli\n")
     assert benchlib.parse_importtime(text) == [["ssl", 2500, 0], ["_ssl", 300, 2], ["_io", 100, 1]]
+
+
+def test_summary_table_has_a_column_per_scenario_and_says_what_did_not_run():
+    samples = [sample(1, "raw", 2.0), sample(1, "zfsync-4", 5.0), sample(4, "raw", 10.0),
+               sample(4, "zfsync-4", None, ok=False, error="x")]
+    text = benchlib.summary_table(samples, ["raw", "zfsync-4", "loop"], [1, 4], big_contenders=["raw", "zfsync-4"])
+    lines = text.splitlines()
+    assert "scenario 1" in lines[0] and "scenario 4" in lines[0]
+    assert "5.0 s (2.50x)" in lines[3] and "failed" in lines[3]
+    loop = lines[4].split("|")
+    assert loop[2].strip() == "-" and loop[3].strip() == ""
