@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The golden captures of the original zfsync as replay scripts (stdlib only).
 
 A capture (`tests/data/golden/pcap/*.pcap`, tcpdump on loopback, classic
@@ -446,8 +445,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             print("connection %d (%s)%s" % (conn.client_port, conn.label, "" if conn.established else " refused"))
             for step in conn.steps:
                 replies = [frame_text(f) for f in step.replies()]
-                print("  +%7.3f %-60s %7d B -> %s%s" % (step.time - t0, step.label()[:60], len(step.data), replies,
-                                                      " (receiver closed)" if step.receiver_closed else ""))
+                closed = " (receiver closed)" if step.receiver_closed else ""
+                print("  +%7.3f %-60s %7d B -> %s%s" % (step.time - t0, step.label()[:60], len(step.data), replies, closed))
         return 0
     with open(args.plan) as handle:
         plan = json.load(handle)
