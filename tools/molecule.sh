@@ -29,7 +29,8 @@ export PATH="$VENV/bin:$PATH"
 # collections/ansible_collections/zfsync/zfsync (as for ansible.cfg and the
 # linter), not a copy that could be stale; community.general comes with
 # the venv.
-export ANSIBLE_COLLECTIONS_PATH="$ROOT/collections:$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+export ANSIBLE_COLLECTIONS_PATH="$ROOT/collections:$SITE"
 export ZFSYNC_LAB_STATE="$ROOT/build/molecule/$scenario/lab"
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}"
 mkdir -p "$ZFSYNC_LAB_STATE"

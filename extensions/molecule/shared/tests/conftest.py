@@ -50,7 +50,7 @@ def tree(host, root):
     datasets = {}
     for line in out.splitlines():
         name, guid = line.split("\t")
-        dataset, _, snapshot = name.partition("@")
+        dataset, snapshot = (name.split("@", 1) + [""])[:2]
         relative = dataset[len(root):]
         entry = datasets.setdefault(relative, [])
         if snapshot:

@@ -9,7 +9,7 @@ from conftest import RECEIVER_ROOT, SENDER_ROOT, receiver_checksums, run, sender
 def test_same_datasets_and_snapshots(sender, receiver):
     source = tree(sender, SENDER_ROOT)
     assert {"", "/www", "/db", "/db/logs"} <= set(source)
-    assert all(("molecule-1" in [s for s, _ in snaps]) for snaps in source.values())
+    assert all("molecule-1" in [snapshot for snapshot, guid in snaps] for snaps in source.values())
     assert tree(receiver, RECEIVER_ROOT) == source
 
 
