@@ -313,7 +313,7 @@ def render_report(results: dict) -> str:
             if key not in seen:
                 seen.add(key)
                 out.append("- %s, scenario %d: %s" % (s.contender, s.scenario, key[1]))
-        out += ["- " + n for n in notes]
+        out += ["- " + benchlib.short_error(n, 300) for n in notes]
     return "\n".join(out) + "\n"
 
 
