@@ -27,8 +27,8 @@ demo-clean: ## stop the sandbox receiver and destroy the sandbox pools
 test: deps venv ## the whole suite: unit, real-ZFS integration, old Pythons, ansible-test, lint, Molecule on lab VMs
 	$(MAKE) test-unit test-integration test-old-python sanity lint test-molecule
 
-test-unit: venv ## pure tests (no ZFS): engine, lab launcher
-	$(PYTEST) -q tests/unit/engine tests/unit/lab
+test-unit: venv ## pure tests (no ZFS): engine, lab launcher and pcap reader, benchmark arithmetic
+	$(PYTEST) -q tests/unit/engine tests/unit/lab tests/unit/bench
 
 test-integration: deps venv ## engine and modules against real zfs-fuse/OpenZFS pools on 127.0.0.1
 	$(PYTEST) -q tests/integration

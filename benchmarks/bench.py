@@ -24,7 +24,6 @@ import io
 import json
 import os
 import platform
-import shlex
 import signal
 import subprocess
 import sys
@@ -265,9 +264,9 @@ def render_report(results: dict) -> str:
            "Host: %s, %s cores, %s RAM; 1-min load average during the run: min %s, median %s, max %s "
            "(the cores are shared with other VMs: absolute times vary, ratios to the raw pipe of the same "
            "run are the headline)." % (host.get("cpu"), host.get("cores"), host.get("mem"),
-                                        benchlib.fmt(min(loads) if loads else None),
-                                        benchlib.fmt(benchlib.median(loads)),
-                                        benchlib.fmt(max(loads) if loads else None)),
+                                       benchlib.fmt(min(loads) if loads else None),
+                                       benchlib.fmt(benchlib.median(loads)),
+                                       benchlib.fmt(max(loads) if loads else None)),
            "Guest: QEMU TCG (no KVM), %s vCPUs, %s, kernel %s, %s, %s; ARC capped at 256 MiB; pool on a "
            "qcow2 disk (cache=unsafe); everything on one VM, zfsync over TCP on 127.0.0.1." % (
                guest.get("cpus"), guest.get("mem"), guest.get("kernel"), guest.get("zfs"), guest.get("python")),
@@ -387,7 +386,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = {"date": stamp.strftime("%Y-%m-%d %H:%M UTC"), "host": host_info(), "samples": [],
                "profiles": {}, "notes": [], "loads": [],
                "options": {k: getattr(opts, k) for k in ("runs", "datasets", "small_size", "big_size", "scenarios",
-                                                       "contenders", "big_contenders", "mem", "cpus")}}
+                                                         "contenders", "big_contenders", "mem", "cpus")}}
 
     def stop(signum, _frame):
         raise SystemExit(128 + signum)

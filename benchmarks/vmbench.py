@@ -438,7 +438,7 @@ def cmd_big(args) -> dict:
 
 def timed(argv: List[str], times: int) -> Optional[float]:
     values = []
-    for _ in range(times):
+    for _run in range(times):
         t0 = time.monotonic()
         if subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120).returncode:
             return None
@@ -453,12 +453,12 @@ def tcp_round_trip(count: int = 200) -> float:
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     client = socket.create_connection(server.getsockname())
-    peer, _ = server.accept()
+    peer = server.accept()[0]
     for s in (client, peer):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     frame = b"x" * 512
     values = []
-    for _ in range(count):
+    for _round in range(count):
         t0 = time.monotonic()
         client.sendall(frame)
         got = b""

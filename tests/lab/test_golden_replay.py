@@ -31,9 +31,7 @@ import base64
 import json
 import os
 import re
-import shlex
 import sys
-import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
