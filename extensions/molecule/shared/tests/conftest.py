@@ -6,6 +6,7 @@ mounted)."""
 import json
 import os
 import shlex
+import subprocess
 
 import pytest
 import testinfra
@@ -35,6 +36,23 @@ def receiver(request):
 @pytest.fixture(scope="session")
 def sender(request):
     return _host(request, "sender")
+
+
+def lab_ssh(name, command, timeout):
+    """Run a command on a lab VM over a fresh ssh connection of its own (no
+    multiplexing: nothing stale survives a reboot), bounded by timeout.
+    Returns (rc, stdout); rc 255 when ssh could not connect."""
+    vm = lab_state()["vms"][name]
+    argv = ["ssh", "-F", "/dev/null", "-i", vm["key"], "-p", str(vm["ssh_port"]), "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=3", "%s@127.0.0.1" % vm.get("user", "root"), command]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                                stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return 255, ""
+    return result.returncode, result.stdout
 
 
 def run(host, command):
