@@ -3,19 +3,10 @@ bound, and that silent or slow clients hold no worker, so a well-behaved
 sender keeps being served during a flood."""
 import contextlib
 import select
-import socket
 import time
 
 import zfstest
-from zfstest import zfs
-
-
-def connect_from(source, port, timeout=10):
-    sock = socket.socket()
-    sock.settimeout(timeout)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
+from zfstest import connect_from, zfs
 
 
 def closed_by_peer(sock, within):

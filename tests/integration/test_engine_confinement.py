@@ -2,21 +2,12 @@
 part of the tree, by address or TLS certificate name, and cannot reach
 another's."""
 import contextlib
-import socket
 
 import pytest
 
 import zfstest
 from test_engine_security import make_ca, make_cert
-from zfstest import zfs
-
-
-def connect_from(source, port, timeout=30):
-    sock = socket.socket()
-    sock.settimeout(timeout)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
+from zfstest import connect_from, zfs
 
 
 def datasets(name):
@@ -98,7 +89,7 @@ ESCAPES = [
 @pytest.mark.parametrize("text", ESCAPES)
 def test_names_that_would_leave_the_sub_root_are_refused_and_change_nothing(receiver_pool, confined, text):
     before = datasets(receiver_pool)
-    with contextlib.closing(connect_from("127.0.0.1", confined.port)) as sock:
+    with contextlib.closing(connect_from("127.0.0.1", confined.port, timeout=30)) as sock:
         answer = zfstest.exchange(sock, text)
     assert answer.startswith("1:"), answer
     assert datasets(receiver_pool) == before
@@ -106,7 +97,7 @@ def test_names_that_would_leave_the_sub_root_are_refused_and_change_nothing(rece
 
 def test_a_plausible_name_from_one_client_is_read_below_its_own_sub_root(receiver_pool, confined):
     before = datasets(receiver_pool)
-    with contextlib.closing(connect_from("127.0.0.1", confined.port)) as sock:
+    with contextlib.closing(connect_from("127.0.0.1", confined.port, timeout=30)) as sock:
         # ROOT/one/two does not exist: NEW, although ROOT/two might.
         assert zfstest.exchange(sock, "@s1:/two:sync") == "0:NEW"
     assert datasets(receiver_pool) == before
@@ -116,7 +107,7 @@ def test_a_plausible_name_from_one_client_is_read_below_its_own_sub_root(receive
 def test_a_client_no_rule_matches_gets_no_answer_and_is_logged(sender_pool, confined):
     root = zfstest.make_tree(sender_pool, "local", children=())
     zfs("snapshot", root + "@s1")
-    with contextlib.closing(connect_from("127.0.0.3", confined.port)) as sock:
+    with contextlib.closing(connect_from("127.0.0.3", confined.port, timeout=30)) as sock:
         try:
             sock.sendall(b":xhello".ljust(512, b"\0"))
             answer = zfstest.recv_exact(sock, 512)

@@ -237,16 +237,22 @@ def test_absent_stops_the_daemon_and_keeps_the_datasets(play):
     assert play.run(state="absent")["changed"] is False
 
 
-def test_the_installed_daemon_receives_a_tree_from_the_installed_sender(play, pools):
-    play.run()
+def send_with_installed_sender(play, pools, *options):
+    """A tree data, data/child with @s1, sent by the zfsync_send the module
+    installed; returns the snapshots below the receiver root afterwards."""
     sender = pools.create("sm")
     zfstest.zfs("create", "-p", sender + "/data/child")
     zfstest.zfs("snapshot", "-r", sender + "/data@s1")
-    send = subprocess.run([os.path.join(play.prefix, "bin", "zfsync_send"), "-p", str(play.port), "-t", "2",
-                           sender + "/data", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    send = subprocess.run([os.path.join(play.prefix, "bin", "zfsync_send"), "-p", str(play.port)] + list(options)
+                          + [sender + "/data", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=180, check=False)
     assert send.returncode == 0, send.stdout + send.stderr
-    names = zfstest.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", play.dataset).split()
+    return zfstest.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", play.dataset).split()
+
+
+def test_the_installed_daemon_receives_a_tree_from_the_installed_sender(play, pools):
+    play.run()
+    names = send_with_installed_sender(play, pools, "-t", "2")
     assert {play.dataset + "@s1", play.dataset + "/child@s1"} <= set(names)
 
 
@@ -257,12 +263,5 @@ def test_client_roots_and_connection_bounds_reach_the_running_daemon(play, pools
     for flag, value in (("--client-root", "127.0.0.2=two"), ("--max-connections", "8"), ("--max-per-client", "4"),
                         ("--first-request-timeout", "5")):
         assert argv[argv.index(flag) + 1] == value
-    sender = pools.create("sm")
-    zfstest.zfs("create", "-p", sender + "/data/child")
-    zfstest.zfs("snapshot", "-r", sender + "/data@s1")
-    send = subprocess.run([os.path.join(play.prefix, "bin", "zfsync_send"), "-p", str(play.port), "-i", "127.0.0.2",
-                           sender + "/data", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=180, check=False)
-    assert send.returncode == 0, send.stdout + send.stderr
-    names = zfstest.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", play.dataset).split()
+    names = send_with_installed_sender(play, pools, "-i", "127.0.0.2")
     assert {play.dataset + "/two@s1", play.dataset + "/two/child@s1"} == set(names)

@@ -269,6 +269,16 @@ def raw_connection(port: int, timeout: float = 10) -> Iterator[socket.socket]:
         sock.close()
 
 
+def connect_from(source: str, port: int, timeout: float = 10) -> socket.socket:
+    """A connection to 127.0.0.1:port from the local address source (any
+    of 127.0.0.0/8), for allow-list, per-client and sub-root tests."""
+    sock = socket.socket()
+    sock.settimeout(timeout)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
 def recv_exact(sock: socket.socket, count: int) -> bytes:
     data = b""
     while len(data) < count:
