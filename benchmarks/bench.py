@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.machinery
-import importlib.util
 import io
 import json
 import os
@@ -35,7 +33,9 @@ from typing import Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
 import benchlib  # noqa: E402
+import labkit  # noqa: E402  (tests/lab: the launcher as a module)
 
 VM = "bench"
 # The in-VM side: what vmbench.py imports and runs.
@@ -45,16 +45,6 @@ HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 def say(message: str) -> None:
     print("[bench %s] %s" % (time.strftime("%H:%M:%S"), message), file=sys.stderr, flush=True)
-
-
-def load_launcher():
-    """tests/lab/launch as a module (it has no .py suffix)."""
-    path = os.path.join(REPO, "tests", "lab", "launch")
-    loader = importlib.machinery.SourceFileLoader("launch", path)
-    spec = importlib.util.spec_from_loader("launch", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
 
 
 # -- files for the VM ------------------------------------------------------------
@@ -393,7 +383,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
-    launch = load_launcher()
+    launch = labkit.load_launch()
     lab = Lab(launch, opts.state_dir)
     started = time.monotonic()
     try:

@@ -2,25 +2,16 @@
 image wrapping and its cloud-init seed, the QEMU boot arguments of each
 guest kind, the inventory. Real qemu-img and genisoimage, no ZFS."""
 
-import importlib.machinery
-import importlib.util
 import os
 import subprocess
+import sys
 
 import pytest
 
-LAUNCH = os.path.join(os.path.dirname(__file__), "..", "..", "lab", "launch")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "lab"))
+import labkit  # noqa: E402
 
-
-def _load():
-    loader = importlib.machinery.SourceFileLoader("lab_launch", LAUNCH)
-    spec = importlib.util.spec_from_loader("lab_launch", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-launch = _load()
+launch = labkit.load_launch()
 
 
 def test_vm_names():

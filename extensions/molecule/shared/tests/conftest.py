@@ -7,9 +7,16 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 import testinfra
+
+# The lab launcher (tests/lab/launch) knows how to reach its VMs.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "tests", "lab"))
+import labkit  # noqa: E402
+
+LAUNCH = labkit.load_launch()
 
 SENDER_ROOT = "tank/data"
 RECEIVER_ROOT = "tank/replicas/sender"
@@ -42,11 +49,7 @@ def lab_ssh(name, command, timeout):
     """Run a command on a lab VM over a fresh ssh connection of its own (no
     multiplexing: nothing stale survives a reboot), bounded by timeout.
     Returns (rc, stdout); rc 255 when ssh could not connect."""
-    vm = lab_state()["vms"][name]
-    argv = ["ssh", "-F", "/dev/null", "-i", vm["key"], "-p", str(vm["ssh_port"]), "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
-            "-o", "ServerAliveCountMax=3", "%s@127.0.0.1" % vm.get("user", "root"), command]
+    argv = LAUNCH.ssh_argv(lab_state()["vms"][name], command, connect_timeout=10)
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
                                 stdin=subprocess.DEVNULL)
