@@ -11,7 +11,7 @@ import pytest
 
 import zfstest
 from zfstest import zfs
-from zfsync.zfs import Zfs
+from zfsync.zfs import Zfs, ZfsError
 
 MIB = 1 << 20
 
@@ -91,3 +91,35 @@ def test_a_large_recordsize_survives_the_sync(sender_pool, daemon, zfs_impl, tmp
         # than 128 KiB: the data arrives, its block size does not.
         pytest.xfail("the engine sends without -L: blocks of %d bytes arrive as %d" % (recordsize, received))
     assert received == recordsize
+
+
+def test_locate_lists_present_and_absent_names_in_one_call(sender_pool):
+    """The receiver's per-dataset lookup: one `zfs list` answers whether
+    the target and its buffer entry exist and with which snapshots; zfs
+    exits 1 for the absent ones, which must not read as an error."""
+    root = sender_pool + "/loc"
+    zfs("create", root)
+    zfs("create", root + "/child")
+    zfs("create", root + "/bare")
+    for snap in ("s1", "s2", "s3"):
+        zfs("snapshot", "%s@%s" % (root, snap))
+    zfs("snapshot", root + "/child@c1")
+
+    found = Zfs().locate([root, root + "/missing", root + "/bare", sender_pool + "/no/such/parent"])
+
+    assert found == {root: ["s1", "s2", "s3"], root + "/missing": None, root + "/bare": [],
+                     sender_pool + "/no/such/parent": None}
+
+
+def test_locate_raises_for_anything_but_absence(sender_pool):
+    """Only "dataset does not exist" means absent; a name zfs rejects (the
+    receiver validates names first, so this is zfs's word) is an error."""
+    with pytest.raises(ZfsError) as raised:
+        Zfs().locate([sender_pool, sender_pool + "/missing", sender_pool + "/a@b@c"])
+    assert "invalid dataset name" in str(raised.value)
+
+
+def test_locate_without_zfs_says_so():
+    with pytest.raises(ZfsError) as raised:
+        Zfs(zfs_bin="/nonexistent/zfs").locate(["tank/a"])
+    assert "zfs command not found" in str(raised.value)

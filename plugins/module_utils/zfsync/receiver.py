@@ -446,20 +446,23 @@ class Receiver:
         finally:
             self.locks.release(target, session.owner)
 
-    def _locate(self, target: str, entry: str) -> Optional[str]:
-        """Where the receiver's copy is: in place, in the buffer, or nowhere."""
-        if self.zfs.exists(target):
-            return target
-        if self.zfs.exists(entry):
-            return entry
-        return None
+    def _locate(self, target: str, entry: str) -> Tuple[Optional[str], List[str], bool]:
+        """Where the receiver's copy is (in place, in the buffer, or
+        nowhere), its snapshots, and whether a buffer entry exists: one
+        zfs(8) call for all three."""
+        found = self.zfs.locate([target, entry])
+        entry_exists = found[entry] is not None
+        for location in (target, entry):
+            have = found[location]
+            if have is not None:
+                return location, have, entry_exists
+        return None, [], entry_exists
 
     def _sync_locked(self, session: Session, suffix: str, target: str, entry: str,
                      snapshots: Tuple[str, ...], plan_only: bool) -> None:
         thread = str(session.thread)
         try:
-            location = self._locate(target, entry)
-            have = self.zfs.snapshots(location) if location else []
+            location, have, entry_exists = self._locate(target, entry)
         except ZfsError as error:
             raise SyncFailed("zfs_open", str(error))
         decision = protocol.decide(snapshots, location is not None, have, self.options.allow_full)
@@ -478,15 +481,15 @@ class Receiver:
             if location == entry:
                 self._place(entry, target)
         elif decision.action == "incremental":
-            self._receive_incremental(session, location, decision, snapshots)
-            self._prune(session, suffix, location, self.zfs.snapshots(location), snapshots)
+            received = self._receive_incremental(session, location, decision, snapshots)
+            self._prune(session, suffix, location, received, snapshots)
             if location == entry:
                 self._place(entry, target)
         elif decision.action == "new":
-            self._receive_full(session, entry, snapshots, "new")
+            self._receive_full(session, entry, snapshots, "new", entry_exists)
             self._place(entry, target)
         else:  # full
-            self._replace(session, target, entry, location, snapshots)
+            self._replace(session, target, entry, location, snapshots, entry_exists)
         self._reply_or_lost(session, True, protocol.REPLY_OK)
 
     def _reply_or_lost(self, session: Session, ok: bool, text: str) -> None:
@@ -513,11 +516,13 @@ class Receiver:
         if warning:
             self.log.main(str(session.thread), "%s: received, still mounted: %s" % (dest, warning))
 
-    def _receive_full(self, session: Session, dest: str, snapshots: Sequence[str], what: str) -> None:
+    def _receive_full(self, session: Session, dest: str, snapshots: Sequence[str], what: str,
+                      dest_exists: bool) -> None:
         """A full stream, then, unless it already carried every snapshot
         (a combined stream from older originals), the incremental that the
-        latest original and ours send right after it."""
-        if self.zfs.exists(dest):
+        latest original and ours send right after it. ``dest_exists``
+        comes from the listing made under this dataset's lock."""
+        if dest_exists:
             if self.zfs.children(dest):
                 raise SyncFailed("zfs_receive(%s)" % what, "%s holds datasets; cleanbuffer must place them first" % dest)
             self.zfs.destroy(dest, recursive=True)  # a stale copy aside, replaced by this stream
@@ -533,7 +538,9 @@ class Receiver:
             raise SyncFailed("zfs_receive(%s)" % what, "stream ended before @%s" % snapshots[-1])
 
     def _receive_incremental(self, session: Session, location: str, decision: protocol.Decision,
-                             snapshots: Sequence[str]) -> None:
+                             snapshots: Sequence[str]) -> List[str]:
+        """The incremental stream; returns the snapshots it left, checked
+        against the sender's newest and handed on to pruning."""
         if decision.destroy_first:
             # Newer than the common snapshot and gone from the sender: the
             # incremental cannot land on top of them.
@@ -546,16 +553,18 @@ class Receiver:
         received = self.zfs.snapshots(location)
         if not received or received[-1] != snapshots[-1]:
             raise SyncFailed("zfs_receive(incr)", "stream ended before @%s" % snapshots[-1])
+        return received
 
-    def _replace(self, session: Session, target: str, entry: str, location: str, snapshots: Sequence[str]) -> None:
+    def _replace(self, session: Session, target: str, entry: str, location: str, snapshots: Sequence[str],
+                 entry_exists: bool) -> None:
         """FULL: receive the new copy aside, then swap it in. The old copy
         stays untouched until the new one is complete."""
         if location == entry:
             # A buffered copy that shares nothing with the sender: worthless.
-            self._receive_full(session, entry, snapshots, "full")
+            self._receive_full(session, entry, snapshots, "full", True)
             self._place(entry, target)
             return
-        self._receive_full(session, entry, snapshots, "full")
+        self._receive_full(session, entry, snapshots, "full", entry_exists)
         try:
             self.locks.acquire(target, session.owner, mode="tree", wait=self.options.lock_wait)
         except Busy as error:
@@ -625,12 +634,17 @@ class Receiver:
             self.log.main(str(session.thread), "%s: prune failed: %s" % (location, error))
 
     def _place(self, entry: str, target: str) -> bool:
-        """Rename a complete buffered copy into place if its parent exists."""
-        parent = target.rsplit("/", 1)[0]
-        if "/" in target and not self.zfs.exists(parent):
-            return False
-        self.zfs.rename(entry, target)
-        return True
+        """Rename a complete buffered copy into place if its parent exists.
+        The parent is looked at only when the rename fails: a sync places a
+        new dataset whose parent is there in all but the first run."""
+        try:
+            self.zfs.rename(entry, target)
+            return True
+        except ZfsError:
+            parent = target.rsplit("/", 1)[0]
+            if "/" in target and not self.zfs.exists(parent):
+                return False
+            raise
 
     # -- cleanbuffer ---------------------------------------------------------
 

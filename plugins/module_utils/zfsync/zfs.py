@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, IO, Iterable, List, Optional, Sequence, Union
+from typing import Dict, FrozenSet, IO, Iterable, List, Optional, Sequence, Tuple, Union
 
 # Bounds for zfs(8) commands that do not move a stream. Listing a big tree
 # can take a while on a loaded pool; nothing here should take minutes.
@@ -26,6 +26,8 @@ COMMAND_TIMEOUT = 300.0
 BUSY_RETRY_SECONDS = 15.0
 
 _C_LOCALE = {"LC_ALL": "C", "LANG": "C", "LANGUAGE": "C"}
+# What zfs list prints, in the C locale, for a name that is not there.
+_ABSENT = re.compile(r"^cannot open '([^']+)': dataset does not exist$")
 
 
 class ZfsError(RuntimeError):
@@ -111,8 +113,9 @@ class Zfs:
         env.update(_C_LOCALE)
         return env
 
-    def run(self, args: Sequence[str], check: bool = True, timeout: Optional[float] = None) -> str:
-        """Run ``zfs ARGS``; return stdout, raise ZfsError on failure."""
+    def _execute(self, args: Sequence[str], timeout: Optional[float] = None) -> Tuple[int, str, str]:
+        """Run ``zfs ARGS``: (exit status, stdout, stderr); ZfsError only
+        when zfs(8) is missing or outlives the bound."""
         argv = self._argv(args)
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -122,10 +125,13 @@ class Zfs:
             raise ZfsError(argv, None, "zfs command not found (%s): is ZFS installed?" % self.zfs_bin)
         except subprocess.TimeoutExpired:
             raise ZfsError(argv, None, "timed out after %.0f s" % (timeout or self.timeout))
-        out = proc.stdout.decode("utf-8", "replace")
-        err = proc.stderr.decode("utf-8", "replace")
-        if check and proc.returncode != 0:
-            raise ZfsError(argv, proc.returncode, err)
+        return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+
+    def run(self, args: Sequence[str], check: bool = True, timeout: Optional[float] = None) -> str:
+        """Run ``zfs ARGS``; return stdout, raise ZfsError on failure."""
+        status, out, err = self._execute(args, timeout)
+        if check and status != 0:
+            raise ZfsError(self._argv(args), status, err)
         return out
 
     def _run_retrying_busy(self, args: Sequence[str]) -> str:
@@ -180,6 +186,32 @@ class Zfs:
             if error.missing:
                 return False
             raise
+
+    def locate(self, names: Sequence[str]) -> Dict[str, Optional[List[str]]]:
+        """Which of ``names`` exist, with their own snapshots (oldest
+        first), in one zfs(8) call: {name: None when absent, else [snapshot
+        names]}. Absent names make zfs exit 1 after listing the others;
+        any other complaint is an error."""
+        args = ["list", "-H", "-o", "name", "-t", "filesystem,volume,snapshot", "-s", "createtxg", "-d", "1"]
+        status, out, err = self._execute(args + list(names))
+        complaints = [line for line in err.splitlines() if line.strip()]
+        absent = set()
+        for line in complaints:
+            match = _ABSENT.match(line)
+            if not match or match.group(1) not in names:
+                raise ZfsError(self._argv(args + list(names)), status, err)
+            absent.add(match.group(1))
+        if status != 0 and not absent:
+            raise ZfsError(self._argv(args + list(names)), status, err)
+        lines = out.splitlines()
+        found: Dict[str, Optional[List[str]]] = {}
+        for name in names:
+            if name in absent or name not in lines:
+                found[name] = None
+                continue
+            prefix = name + "@"
+            found[name] = [line[len(prefix):] for line in lines if line.startswith(prefix)]
+        return found
 
     def filesystems(self, root: str) -> List[str]:
         """``root`` and its descendant filesystems and volumes, parent before
