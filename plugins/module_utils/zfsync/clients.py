@@ -19,7 +19,6 @@ from __future__ import annotations
 import ipaddress
 import selectors
 import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -475,6 +474,10 @@ class Lobby:
         return rule.prefix
 
     def _handshake(self, waiting: Waiting) -> None:
+        # Here, not at the top: the sender imports this module too, and ssl
+        # costs a start-up of either side without TLS 15 % of its imports.
+        import ssl
+
         tls = waiting.tls
         try:
             tls.do_handshake()
