@@ -644,7 +644,11 @@ class Receiver:
             parent = target.rsplit("/", 1)[0]
             if "/" in target and not self.zfs.exists(parent):
                 return False
-            raise
+        # The parent arrived between the rename and the look (another
+        # worker placed it; seen on OpenZFS, where receives run in
+        # parallel): once more, and a failure now is a real one.
+        self.zfs.rename(entry, target)
+        return True
 
     # -- cleanbuffer ---------------------------------------------------------
 
