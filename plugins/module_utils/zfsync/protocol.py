@@ -7,15 +7,14 @@ No I/O happens here: everything is a pure function of its arguments, so the
 whole protocol can be unit-tested and fuzzed without sockets or ZFS.
 
 Extensions (spoken only between two zfsync peers of ours, see
-docs/protocol-extensions.md) are negotiated by ``:xhello``; an original
-receiver answers ``1:Unknown cmd xhello`` and closes, after which we speak
-plain v1.
+docs/protocol.md) are negotiated by ``:xhello``; an original receiver
+answers ``1:Unknown cmd xhello`` and closes, after which we speak plain v1.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import AbstractSet, List, Mapping, Optional, Sequence, Tuple
 
 FRAME_SIZES = (256, 512)
 DEFAULT_FRAME_SIZE = 512
@@ -25,6 +24,9 @@ MAX_DATASET_NAME = 255
 MAX_SUFFIX = MAX_DATASET_NAME
 # An xsync/xplan snapshot list travels after its frame; bound what we accept.
 MAX_EXTENDED_LIST_BYTES = 4 * 1024 * 1024
+# A resume token travels after its offer frame. OpenZFS 2.1 tokens are a few
+# hundred bytes (hex of a compressed nvlist); this bound leaves room for more.
+MAX_RESUME_TOKEN_BYTES = 64 * 1024
 
 CMD_SYNC = "sync"
 CMD_CLEANBUFFER = "cleanbuffer"
@@ -33,11 +35,23 @@ CMD_CLOSE = "close"
 CMD_HELLO = "xhello"
 CMD_XSYNC = "xsync"
 CMD_XPLAN = "xplan"
+# A sync from a sender that can resume (``zfs send -t``): the receiver
+# receives with ``zfs receive -s`` and may offer a resume token first.
+# Advertised only by a receiver whose zfs has ``receive -s``.
+CMD_XRSYNC = "xrsync"
 EXTENSIONS = (CMD_XSYNC, CMD_XPLAN)
 
 REPLY_NEW = "NEW"
 REPLY_FULL = "FULL"
 REPLY_OK = "OK"
+# ``0:RESUME:<action>:<N>`` offers a resume token of N bytes (they follow the
+# frame); the sender answers ``0:RESUME`` (the stream follows) or
+# ``1:<reason>`` (it cannot: the receiver aborts the partial receive and
+# answers as to a sync). No snapshot name can collide: ':' is never in one.
+REPLY_RESUME = "RESUME"
+RESUME_ACTIONS = ("new", "full", "incremental")
+# zfs(8)'s token: <version>-<checksum>-<packed length>-<zlib'd nvlist>, in hex.
+_RESUME_TOKEN_RE = re.compile(r"[0-9]+-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+")
 
 # Characters ZFS accepts in a name component, minus the ones that would break
 # our framing or our naming: ':' separates protocol fields, '@' snapshot
@@ -214,7 +228,7 @@ def parse_request(text: str) -> Request:
         if not snapshots:
             raise ProtocolError("sync without snapshots")
         return Request(command, suffix, snapshots)
-    if command in (CMD_XSYNC, CMD_XPLAN):
+    if command in (CMD_XSYNC, CMD_XPLAN, CMD_XRSYNC):
         validate_suffix(suffix)
         if head is None or not head.isdigit():
             raise ProtocolError("%s needs a list length" % command)
@@ -227,8 +241,11 @@ def parse_request(text: str) -> Request:
     raise ProtocolError("Unknown cmd %s" % _printable(command))
 
 
-def hello_reply(version: str) -> str:
-    return "zfsync %s ext=%s" % (version, ",".join(EXTENSIONS))
+def hello_reply(version: str, resumable: bool = False) -> str:
+    """``zfsync <version> ext=xsync,xplan[,xrsync]``: ``xrsync`` only from a
+    receiver whose zfs can ``receive -s``."""
+    extensions = EXTENSIONS + ((CMD_XRSYNC,) if resumable else ())
+    return "zfsync %s ext=%s" % (version, ",".join(extensions))
 
 
 def parse_hello(text: str) -> Optional[Tuple[str, Tuple[str, ...]]]:
@@ -237,6 +254,94 @@ def parse_hello(text: str) -> Optional[Tuple[str, Tuple[str, ...]]]:
     if not match:
         return None
     return match.group(1), tuple(e for e in match.group(2).split(",") if e)
+
+
+# --- resume -----------------------------------------------------------------
+
+def validate_resume_token(token: str) -> None:
+    """A token goes on a zfs(8) command line (``send -t``): only the shape
+    zfs prints, bounded. ProtocolError otherwise."""
+    if not token:
+        raise ProtocolError("empty resume token")
+    if len(token) > MAX_RESUME_TOKEN_BYTES:
+        raise ProtocolError("resume token of %d bytes is too long" % len(token))
+    if not _RESUME_TOKEN_RE.fullmatch(token):
+        raise ProtocolError("malformed resume token '%s'" % _printable(token))
+
+
+def format_resume_offer(action: str, token: str) -> str:
+    """The reply text (after ``0:``) of a resume offer; the token follows."""
+    if action not in RESUME_ACTIONS:
+        raise ValueError("resume action must be one of %s, not %r" % (RESUME_ACTIONS, action))
+    validate_resume_token(token)
+    return "%s:%s:%d" % (REPLY_RESUME, action, len(token.encode("ascii")))
+
+
+def parse_resume_offer(text: str) -> Optional[Tuple[str, int]]:
+    """(action, token length) of a ``RESUME:<action>:<N>`` reply text; None
+    for any other reply; ProtocolError for a malformed offer."""
+    if not text.startswith(REPLY_RESUME + ":"):
+        return None
+    parts = text.split(":")
+    if len(parts) != 3 or parts[1] not in RESUME_ACTIONS or not parts[2].isdigit():
+        raise ProtocolError("malformed resume offer '%s'" % _printable(text))
+    length = int(parts[2])
+    if length == 0 or length > MAX_RESUME_TOKEN_BYTES:
+        raise ProtocolError("resume token length %d out of range" % length)
+    return parts[1], length
+
+
+def resume_refusal(dataset: str, snapshots: Sequence[str], stream_from: Optional[str],
+                   stream_to: str) -> Optional[str]:
+    """Why the sender must not send what a token describes, or None. The
+    receiver chose the token: the stream it names must be one of this
+    dataset's own snapshots (from and to), never another dataset's data."""
+    have = set(snapshots)
+    for what, name in (("to", stream_to), ("from", stream_from)):
+        if name is None:
+            continue
+        owner, sep, snap = name.partition("@")
+        if not sep or owner != dataset:
+            return "the token's %s snapshot %s is not a snapshot of %s" % (what, _printable(name), dataset)
+        if snap not in have:
+            return "the token's %s snapshot @%s is not in the list sent" % (what, _printable(snap))
+    return None
+
+
+@dataclass(frozen=True)
+class PartialPlan:
+    """What the receiver does with partial receive state (``zfs receive -s``
+    leftovers) before a sync: offer one dataset's token to the sender, and
+    abort the rest (OpenZFS refuses a normal receive into a dataset that
+    holds such state, and its ``%recv`` clone keeps snapshots from being
+    pruned)."""
+
+    offer: Optional[str] = None
+    abort: Tuple[str, ...] = ()
+
+
+def plan_partial(partials: Mapping[str, str], fresh: AbstractSet[str], decision: "Decision", dest: Optional[str],
+                 resumable: bool, stuck: Mapping[str, str]) -> PartialPlan:
+    """``partials``: {dataset: resume token} of the target and its buffer
+    entry; ``fresh``: those whose partial state is a first (full) stream,
+    the others hold a cut incremental; ``dest``: the dataset ``decision``
+    receives into; ``stuck``: {dataset: token} whose resume already failed
+    without progress (not offered again: the bounded fallback).
+
+    Only a resume-capable sender (xrsync) is offered a token, and only one
+    that continues the stream the decision needs anyway (a first stream for
+    NEW/FULL, an incremental for an incremental); every other partial state
+    is stale and aborted."""
+    offer = None
+    if (resumable and dest in partials and decision.action in RESUME_ACTIONS
+            and (decision.action != "incremental") == (dest in fresh)
+            and stuck.get(dest) != partials[dest]):
+        try:
+            validate_resume_token(partials[dest])
+            offer = dest
+        except ProtocolError:
+            offer = None
+    return PartialPlan(offer, tuple(sorted(d for d in partials if d != offer)))
 
 
 # --- decisions --------------------------------------------------------------
