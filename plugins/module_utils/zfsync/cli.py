@@ -221,6 +221,8 @@ def send_parser() -> Parser:
     parser.add_argument("--plan", action="store_true",
                         help="only ask what would be sent (needs a zfsync receiver of ours); change nothing")
     parser.add_argument("--json", action="store_true", help="print the per-dataset results as JSON")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="never resume a cut stream (zfs send -t), even where both sides could")
     add_tls_options(parser, "this sender's")
     parser.add_argument("--tls-server-name", metavar="NAME",
                         help="the name the receiver's certificate must carry (default: RECEIVER)")
@@ -243,7 +245,7 @@ def main_send(argv: Optional[List[str]] = None) -> int:
         bind_address=args.bind, frame_size=args.frame_size, log_file=args.log_file, verbose=args.verbose,
         timeout=args.timeout, connect_timeout=args.connect_timeout,
         stream_idle_timeout=args.stream_idle_timeout, plan_only=args.plan, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name)
+        tls_key=args.tls_key, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name, resume=not args.no_resume)
     try:
         log = Log(options.log_file, options.verbose)
     except OSError as error:

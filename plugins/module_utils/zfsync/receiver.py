@@ -17,6 +17,11 @@ reasons):
   starting over.
 * Suffixes and snapshot names are validated before anything touches ZFS;
   error flags are flat files whose names cannot escape the flag directory.
+* Where zfs has ``receive -s``, a sender of ours that can ``send -t``
+  (``xrsync``) gets resumable receives: a cut stream leaves partial state,
+  and its next sync is offered the resume token. Any other request finds no
+  partial state in its way: it is aborted first (OpenZFS refuses a normal
+  receive into a dataset that holds it).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from . import __version__, protocol
@@ -82,6 +87,18 @@ def parse_buffer_entry(name: str) -> Tuple[str, bool]:
 
 class Busy(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Found:
+    """What one listing of a dataset's target and buffer entry found."""
+
+    location: Optional[str]  # the copy: in place, in the buffer, or None
+    have: List[str]  # its snapshots, oldest first
+    target_exists: bool
+    entry_exists: bool
+    partials: Dict[str, str]  # {dataset: resume token} of partial receive state (zfs receive -s)
+    fresh: FrozenSet[str]  # those whose partial state is a first stream: no snapshot, not a copy yet
 
 
 class TreeLocks:
@@ -198,6 +215,9 @@ class Receiver:
         self._listener: Optional[socket.socket] = None
         self._signal_pending: List[int] = []
         self._serial_receive = threading.Lock()
+        # {dataset: token} whose resume failed without progress: the next
+        # sync aborts that partial state instead of offering it again.
+        self._stuck_tokens: Dict[str, str] = {}
         self.client_roots = ClientRoots(options.client_roots)  # ValueError for a bad or overlapping spec
         self._tls = (tls_context(True, options.tls_cert, options.tls_key or options.tls_cert, options.tls_ca or "")
                      if options.tls_cert else None)
@@ -374,7 +394,7 @@ class Receiver:
         if request.command == protocol.CMD_CLOSE:
             return False
         if request.command == protocol.CMD_HELLO:
-            return self._reply(session, True, protocol.hello_reply(__version__))
+            return self._reply(session, True, protocol.hello_reply(__version__, self._resumable()))
         if request.command == protocol.CMD_CLEANBUFFER:
             failures = self.clean_buffer(session)
             if failures:
@@ -403,11 +423,12 @@ class Receiver:
         if snapshots is None:  # parse_request guarantees a list for sync
             raise RuntimeError("sync request without a snapshot list")
         plan_only = request.command == protocol.CMD_XPLAN
+        resumable = request.command == protocol.CMD_XRSYNC and self._resumable()
         # Relative to ROOT: a confined client's suffix always lies below its
         # sub-root (the suffix was validated: no '..', '@', '%', empty parts).
         suffix = session.prefix + request.suffix
         try:
-            self.sync_dataset(session, suffix, tuple(snapshots), plan_only)
+            self.sync_dataset(session, suffix, tuple(snapshots), plan_only, resumable)
         except SyncFailed as failure:
             self.log.main(str(session.thread), "%s: %s%s: %s" % (session.peer, self.root, suffix, failure))
             self.log.worker(session.thread, session.conn.fileno(), suffix, request.command, "failed: %s" % failure)
@@ -432,7 +453,15 @@ class Receiver:
     def buffer_entry(self, suffix: str) -> str:
         return self.buffer + "/" + (protocol.hex_suffix(suffix) if suffix else ROOT_ENTRY)
 
-    def sync_dataset(self, session: Session, suffix: str, snapshots: Tuple[str, ...], plan_only: bool) -> None:
+    def _resumable(self) -> bool:
+        """Whether this receiver's zfs keeps cut streams (receive -s/-A)."""
+        try:
+            return self.zfs.capabilities.receive_resumable
+        except ZfsError:
+            return False
+
+    def sync_dataset(self, session: Session, suffix: str, snapshots: Tuple[str, ...], plan_only: bool,
+                     resumable: bool = False) -> None:
         target = self.target_of(suffix)
         entry = self.buffer_entry(suffix)
         if len(target) > protocol.MAX_DATASET_NAME or len(entry) + len(OLD_MARK) > protocol.MAX_DATASET_NAME:
@@ -442,35 +471,49 @@ class Receiver:
         except Busy as error:
             raise SyncFailed("busy", str(error))
         try:
-            self._sync_locked(session, suffix, target, entry, snapshots, plan_only)
+            self._sync_locked(session, suffix, target, entry, snapshots, plan_only, resumable)
         finally:
             self.locks.release(target, session.owner)
 
-    def _locate(self, target: str, entry: str) -> Tuple[Optional[str], List[str], bool]:
+    def _locate(self, target: str, entry: str) -> Found:
         """Where the receiver's copy is (in place, in the buffer, or
-        nowhere), its snapshots, and whether a buffer entry exists: one
-        zfs(8) call for all three."""
-        found = self.zfs.locate([target, entry])
-        entry_exists = found[entry] is not None
-        for location in (target, entry):
-            have = found[location]
-            if have is not None:
-                return location, have, entry_exists
-        return None, [], entry_exists
+        nowhere), its snapshots, which of the two exist and which hold
+        partial receive state: one zfs(8) call for all of it."""
+        found, partials = self.zfs.locate_partial([target, entry])
+        # A first stream cut short leaves a dataset without any snapshot
+        # (OpenZFS marks it inconsistent): not a copy to sync against.
+        fresh = frozenset(name for name in partials if not found[name])
+        location, have = None, []
+        for name in (target, entry):
+            if found[name] is not None and name not in fresh:
+                location, have = name, found[name]
+                break
+        return Found(location, have, found[target] is not None, found[entry] is not None, partials, fresh)
 
     def _sync_locked(self, session: Session, suffix: str, target: str, entry: str,
-                     snapshots: Tuple[str, ...], plan_only: bool) -> None:
+                     snapshots: Tuple[str, ...], plan_only: bool, resumable: bool = False) -> None:
         thread = str(session.thread)
         try:
-            location, have, entry_exists = self._locate(target, entry)
+            found = self._locate(target, entry)
         except ZfsError as error:
             raise SyncFailed("zfs_open", str(error))
+        location, have, entry_exists = found.location, found.have, found.entry_exists
         decision = protocol.decide(snapshots, location is not None, have, self.options.allow_full)
         if decision.action == "refuse":
             raise SyncFailed("FULL refused", "%s shares no snapshot with the sender and this receiver refuses FULL" % target)
         if plan_only:
             self._reply_or_lost(session, True, decision.reply_text)
             return
+        dest = entry if decision.action in ("new", "full") else location
+        partial = protocol.plan_partial(found.partials, found.fresh, decision, dest, resumable, self._stuck_tokens)
+        for name in partial.abort:
+            self._abort_partial(thread, name, "the request cannot resume it" if not resumable else "stale")
+            entry_exists = entry_exists and not (name == entry and name in found.fresh)
+        if partial.offer is not None:
+            if self._resume(session, dest, found.partials[dest], decision):
+                self._finish_resumed(session, suffix, target, entry, dest, snapshots, found.target_exists)
+                return
+            entry_exists = entry_exists and not (dest == entry and dest in found.fresh)
         self._reply_or_lost(session, True, decision.reply_text)
         self.log.main(thread, "%s: %s (%s%s)" % (target, decision.action, location or "absent",
                                                  ", base " + decision.base if decision.base else ""))
@@ -481,23 +524,86 @@ class Receiver:
             if location == entry:
                 self._place(entry, target)
         elif decision.action == "incremental":
-            received = self._receive_incremental(session, location, decision, snapshots)
+            received = self._receive_incremental(session, location, decision, snapshots, resumable)
             self._prune(session, suffix, location, received, snapshots)
             if location == entry:
                 self._place(entry, target)
         elif decision.action == "new":
-            self._receive_full(session, entry, snapshots, "new", entry_exists)
+            self._receive_full(session, entry, snapshots, "new", entry_exists, resumable)
             self._place(entry, target)
         else:  # full
-            self._replace(session, target, entry, location, snapshots, entry_exists)
+            self._replace(session, target, entry, location, snapshots, entry_exists, resumable)
+        self._reply_or_lost(session, True, protocol.REPLY_OK)
+
+    # -- resume --------------------------------------------------------------
+
+    def _abort_partial(self, thread: str, name: str, why: str) -> None:
+        try:
+            self.zfs.abort_receive(name)
+        except ZfsError as error:
+            raise SyncFailed("zfs_receive(abort)", str(error))
+        self._stuck_tokens.pop(name, None)
+        self.log.main(thread, "%s: partial receive state aborted (%s)" % (name, why))
+
+    def _resume(self, session: Session, dest: str, token: str, decision: protocol.Decision) -> bool:
+        """Offer the token; True when the sender resumed and the cut
+        stream is now complete in ``dest``, False when it could not (the
+        partial state is then aborted and the sync goes on as usual). A
+        resume that fails without moving the token is not offered again."""
+        thread = str(session.thread)
+        self._reply_or_lost(session, True, protocol.format_resume_offer(decision.action, token))
+        session.conn.send_raw(token.encode("ascii"), timeout=60)
+        try:
+            answer = protocol.parse_reply(session.conn.read_frame(self.options.idle_timeout))
+        except protocol.ProtocolError as error:
+            raise SyncFailed("resume", "bad answer to the resume offer: %s" % error)
+        if not (answer.ok and answer.text == protocol.REPLY_RESUME):
+            self._abort_partial(thread, dest, "the sender cannot resume: %s" % answer.text[:200])
+            return False
+        self.log.main(thread, "%s: resuming the partial %s receive" % (dest, decision.action))
+        try:
+            self._receive(session, dest, True, "resume", resumable=True)
+        except SyncFailed:
+            try:
+                if self.zfs.resume_token(dest) == token:
+                    self._stuck_tokens[dest] = token
+            except ZfsError:
+                pass
+            raise
+        self._stuck_tokens.pop(dest, None)
+        return True
+
+    def _finish_resumed(self, session: Session, suffix: str, target: str, entry: str, dest: str,
+                        snapshots: Sequence[str], target_exists: bool) -> None:
+        """After a resumed stream: answer as to a sync from what ``dest``
+        holds now (an incremental for what is still missing, or the
+        newest), then place a buffered copy or swap in a FULL's new one."""
+        thread = str(session.thread)
+        try:
+            received = self.zfs.snapshots(dest)
+        except ZfsError as error:
+            raise SyncFailed("zfs_receive(resume)", str(error))
+        decision = protocol.decide(snapshots, True, received)
+        if decision.action not in ("incremental", "uptodate"):
+            raise SyncFailed("zfs_receive(resume)", "%s shares no snapshot with the sender after the resume" % dest)
+        self._reply_or_lost(session, True, decision.reply_text)
+        self.log.main(thread, "%s: resumed in %s, then %s (base %s)" % (target, dest, decision.action, decision.base))
+        if decision.action == "incremental":
+            received = self._receive_incremental(session, dest, decision, snapshots, True)
+        self._prune(session, suffix, dest, received, snapshots)
+        if dest == entry:
+            if target_exists:  # only a FULL receives into the buffer beside an existing copy
+                self._swap_in(session, target, entry)
+            else:
+                self._place(entry, target)
         self._reply_or_lost(session, True, protocol.REPLY_OK)
 
     def _reply_or_lost(self, session: Session, ok: bool, text: str) -> None:
         if not self._reply(session, ok, text):
             raise ConnectionClosed("sender went away")
 
-    def _receive(self, session: Session, dest: str, force: bool, what: str) -> None:
-        argv = self.zfs.receive_argv(dest, force)
+    def _receive(self, session: Session, dest: str, force: bool, what: str, resumable: bool = False) -> None:
+        argv = self.zfs.receive_argv(dest, force, resumable)
         # Where zfs cannot receive unmounted (zfs-fuse), every receive
         # remounts the dataset and its children, and concurrent receives in
         # one tree fail with "dataset is busy": receive one at a time there.
@@ -517,7 +623,7 @@ class Receiver:
             self.log.main(str(session.thread), "%s: received, still mounted: %s" % (dest, warning))
 
     def _receive_full(self, session: Session, dest: str, snapshots: Sequence[str], what: str,
-                      dest_exists: bool) -> None:
+                      dest_exists: bool, resumable: bool = False) -> None:
         """A full stream, then, unless it already carried every snapshot
         (a combined stream from older originals), the incremental that the
         latest original and ours send right after it. ``dest_exists``
@@ -526,19 +632,19 @@ class Receiver:
             if self.zfs.children(dest):
                 raise SyncFailed("zfs_receive(%s)" % what, "%s holds datasets; cleanbuffer must place them first" % dest)
             self.zfs.destroy(dest, recursive=True)  # a stale copy aside, replaced by this stream
-        self._receive(session, dest, True, what)
+        self._receive(session, dest, True, what, resumable)
         received = self.zfs.snapshots(dest)
         if received and received[-1] == snapshots[-1]:
             return
         if len(snapshots) < 2 or not received:
             raise SyncFailed("zfs_receive(%s)" % what, "stream ended before @%s" % snapshots[-1])
-        self._receive(session, dest, False, what)
+        self._receive(session, dest, False, what, resumable)
         received = self.zfs.snapshots(dest)
         if not received or received[-1] != snapshots[-1]:
             raise SyncFailed("zfs_receive(%s)" % what, "stream ended before @%s" % snapshots[-1])
 
     def _receive_incremental(self, session: Session, location: str, decision: protocol.Decision,
-                             snapshots: Sequence[str]) -> List[str]:
+                             snapshots: Sequence[str], resumable: bool = False) -> List[str]:
         """The incremental stream; returns the snapshots it left, checked
         against the sender's newest and handed on to pruning."""
         if decision.destroy_first:
@@ -549,22 +655,27 @@ class Receiver:
             except ZfsError as error:
                 raise SyncFailed("zfs_receive(incr)", str(error))
         # -F rolls back changes made on the replica since the common snapshot.
-        self._receive(session, location, True, "incr")
+        self._receive(session, location, True, "incr", resumable)
         received = self.zfs.snapshots(location)
         if not received or received[-1] != snapshots[-1]:
             raise SyncFailed("zfs_receive(incr)", "stream ended before @%s" % snapshots[-1])
         return received
 
     def _replace(self, session: Session, target: str, entry: str, location: str, snapshots: Sequence[str],
-                 entry_exists: bool) -> None:
+                 entry_exists: bool, resumable: bool = False) -> None:
         """FULL: receive the new copy aside, then swap it in. The old copy
         stays untouched until the new one is complete."""
         if location == entry:
             # A buffered copy that shares nothing with the sender: worthless.
-            self._receive_full(session, entry, snapshots, "full", True)
+            self._receive_full(session, entry, snapshots, "full", True, resumable)
             self._place(entry, target)
             return
-        self._receive_full(session, entry, snapshots, "full", entry_exists)
+        self._receive_full(session, entry, snapshots, "full", entry_exists, resumable)
+        self._swap_in(session, target, entry)
+
+    def _swap_in(self, session: Session, target: str, entry: str) -> None:
+        """The complete new copy in ``entry`` replaces ``target``, with the
+        subtree locked while children move."""
         try:
             self.locks.acquire(target, session.owner, mode="tree", wait=self.options.lock_wait)
         except Busy as error:
@@ -655,16 +766,20 @@ class Receiver:
     def clean_buffer(self, session: Session) -> int:
         """Place every buffered copy whose target is missing (parents first),
         drop copies whose target exists and old copies left by a FULL swap.
-        Entries another sync is working on are left alone. Returns the number
-        of entries that could not be handled."""
+        Entries another sync is working on are left alone, and so is a cut
+        first stream of a resumable receive (no snapshot yet, nothing to
+        place): the next sync resumes it.
+        Returns the number of entries that could not be handled."""
         thread = str(session.thread)
         prefix = session.prefix
         try:
-            entries = [name[len(self.buffer) + 1:] for name in self.zfs.children(self.buffer)]
+            listed = self.zfs.partial_children(self.buffer)
         except ZfsError as error:
             self.log.main(thread, "cleanbuffer: %s" % error)
             self.flags.set(prefix, protocol.CMD_CLEANBUFFER)
             return 1
+        entries = [child[len(self.buffer) + 1:] for child, _token, _fresh in listed]
+        partial = {child[len(self.buffer) + 1:]: (token, fresh) for child, token, fresh in listed if token}
         placed: Dict[str, str] = {}
         for name in entries:
             try:
@@ -678,7 +793,8 @@ class Receiver:
         failures = 0
         # Shallow targets first, so a parent is in place before its children.
         for name in sorted((n for n in placed if not n.endswith(OLD_MARK)), key=lambda n: placed[n].count("/")):
-            failures += not self._clean_entry(thread, session, self.buffer + "/" + name, placed[name])
+            failures += not self._clean_entry(thread, session, self.buffer + "/" + name, placed[name],
+                                              partial=partial.get(name))
         for name in (n for n in placed if n.endswith(OLD_MARK)):
             failures += not self._clean_entry(thread, session, self.buffer + "/" + name, placed[name], old=True)
         if failures:
@@ -687,13 +803,23 @@ class Receiver:
             self.flags.clear(prefix, protocol.CMD_CLEANBUFFER)
         return failures
 
-    def _clean_entry(self, thread: str, session: Session, entry: str, target: str, old: bool = False) -> bool:
+    def _clean_entry(self, thread: str, session: Session, entry: str, target: str, old: bool = False,
+                     partial: Optional[Tuple[str, bool]] = None) -> bool:
+        """``partial``: (resume token, a first stream) when the entry holds
+        partial receive state. A cut first stream stays (the next sync
+        resumes it, also a FULL's whose old copy is still in place); a cut
+        incremental moves along with its copy (rename keeps the ``%recv``
+        clone) or goes with it."""
         try:
             self.locks.acquire(target, session.owner, wait=0)
         except Busy:
             self.log.main(thread, "cleanbuffer: %s busy, left for the next run" % target)
             return True
         try:
+            if partial is not None and partial[1]:
+                # A first stream cut short: no snapshot yet, nothing to place.
+                self.log.main(thread, "cleanbuffer: %s holds a partial first stream, kept to resume" % entry)
+                return True
             if self.zfs.exists(target):
                 if old:
                     # A swap that stopped before its children had moved.

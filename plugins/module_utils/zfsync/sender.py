@@ -8,7 +8,8 @@ to the receiver and runs ``zfs send`` with the socket as its stdout.
 Unlike the original, it never hangs on an already-synced dataset, skips
 datasets without snapshots cleanly, reports every worker's outcome in its
 exit status, and never sends a list that does not fit a frame to a peer that
-cannot take the rest.
+cannot take the rest. With a receiver of ours that offers it (``xrsync``)
+and a zfs that can ``send -t``, a cut stream resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class SyncOptions:
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
     tls_server_name: Optional[str] = None  # the name the receiver's certificate must carry
+    resume: bool = True  # resume cut streams where both sides can (xrsync, zfs send -t)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class DatasetResult:
     seconds: float = 0.0
     error: Optional[str] = None
     warnings: List[str] = field(default_factory=list)
+    resumed: bool = False  # a partial receive was continued (zfs send -t)
 
     @property
     def failed(self) -> bool:
@@ -73,6 +76,8 @@ class RunResult:
     port: int
     peer: Optional[str] = None
     peer_version: Optional[str] = None
+    peer_extensions: List[str] = field(default_factory=list)
+    resumable: bool = False  # xrsync negotiated: the receiver may offer resume tokens
     datasets: List[DatasetResult] = field(default_factory=list)
     seconds: float = 0.0
     errors: List[str] = field(default_factory=list)
@@ -100,6 +105,9 @@ class RunResult:
 
     def summary_line(self) -> str:
         counts = " ".join("%s=%d" % item for item in self.counts.items())
+        resumed = sum(1 for d in self.datasets if d.resumed)
+        if resumed:
+            counts += " resumed=%d" % resumed
         line = "%s%s -> %s port %d: %d datasets, %d bytes, %.2f s; %s" % (
             "plan " if self.plan_only else "", self.root, self.receiver, self.port,
             len(self.datasets), self.bytes, self.seconds, counts)
@@ -140,6 +148,7 @@ class Run:
         self.lock = threading.Lock()
         self.active = options.threads
         self.ours = result.peer == PEER_OURS
+        self.resumable = result.resumable
 
 
 class Worker:
@@ -245,6 +254,8 @@ class Worker:
         extended = None
         if self.options.plan_only:
             extended = protocol.CMD_XPLAN
+        elif self.run.resumable:
+            extended = protocol.CMD_XRSYNC
         else:
             text = protocol.format_sync(named, result.suffix)
             if not protocol.fits_frame(text, self.options.frame_size):
@@ -266,8 +277,12 @@ class Worker:
             if extra:
                 conn.send_raw(extra)
             reply = self.reply()
+            if reply.ok and extended == protocol.CMD_XRSYNC:
+                reply = self.resume_if_offered(conn, result, named, reply)
         except (ConnectionError, FrameTimeout, OSError, protocol.ProtocolError) as error:
             self.fail(result, str(error))
+            return
+        if reply is None:  # a resume stream failed; the dataset is failed
             return
         if not reply.ok:
             self.fail(result, "receiver: %s" % reply)
@@ -277,11 +292,10 @@ class Worker:
         except protocol.ProtocolError as error:
             self.fail(result, str(error))
             return
-        result.action = plan.action
+        if not result.resumed:
+            result.action = plan.action
+            result.from_snapshot = plan.base if plan.action == "incremental" else None
         result.to_snapshot = named[-1]
-        result.from_snapshot = plan.base if plan.action == "incremental" else None
-        if plan.action in ("new", "full") and len(plan.streams) > 1:
-            result.from_snapshot = None
         if self.options.plan_only:
             result.seconds = time.monotonic() - started
             return
@@ -303,6 +317,62 @@ class Worker:
                 return
         frame_bytes = (conn.frames_sent - frames_before) * self.options.frame_size + len(extra)
         self.pending = Pending(result, started, acked_before, frame_bytes)
+
+    def resume_if_offered(self, conn: FramedConnection, result: DatasetResult, snapshots: List[str],
+                          reply: protocol.Reply) -> Optional[protocol.Reply]:
+        """A ``0:RESUME:<action>:<N>`` reply carries a resume token (N bytes
+        after the frame). Resume with ``zfs send -t`` when the token names a
+        stream of this dataset's own snapshots, else say why not (the
+        receiver then aborts the partial state and answers as to a sync).
+        Returns the receiver's next reply (what is still missing after the
+        resume), or None when the resume stream failed (dataset failed)."""
+        offer = protocol.parse_resume_offer(reply.text)
+        if offer is None:
+            return reply
+        action, length = offer
+        token = conn.read_raw(length, self.options.timeout).decode("ascii", "replace")
+        stream_from, refusal = self.check_resume_token(result, snapshots, token)
+        if refusal:
+            self.log("%s: cannot resume: %s; the receiver starts over" % (result.dataset, refusal))
+            result.warnings.append("could not resume a partial receive (%s); sent in full again" % refusal)
+            conn.send_frame(_fit_frame(protocol.format_reply(False, "cannot resume: " + refusal), conn))
+            return self.reply_after_offer()
+        conn.send_frame(protocol.format_reply(True, protocol.REPLY_RESUME))
+        status, stderr = conn.run_zfs(self.run.zfs.spawn, self.run.zfs.resume_send_argv(token), "send",
+                                      watch_peer=True)
+        if status != 0:
+            reason = self.receiver_reason()
+            self.fail(result, "receiver: %s" % reason if reason else
+                      "zfs send -t (resuming %s) failed: %s" % (result.dataset, stderr))
+            return None
+        result.resumed = True
+        result.action = action
+        result.from_snapshot = stream_from if action == "incremental" else None
+        self.log("%s: resumed the partial %s receive" % (result.dataset, action))
+        return self.reply_after_offer()
+
+    def reply_after_offer(self) -> protocol.Reply:
+        """One offer per request: a second one would be a receiver bug that
+        could loop."""
+        reply = self.reply()
+        if reply.ok and protocol.parse_resume_offer(reply.text) is not None:
+            raise protocol.ProtocolError("the receiver offered a second resume token for one sync")
+        return reply
+
+    def check_resume_token(self, result: DatasetResult, snapshots: List[str],
+                           token: str) -> Tuple[Optional[str], Optional[str]]:
+        """(the stream's from snapshot name, why it must not be sent or
+        None). ``zfs send -nvP -t`` says what the token would send, by the
+        snapshots' guids, and fails when one of them is gone."""
+        try:
+            protocol.validate_resume_token(token)
+            stream_from, stream_to = self.run.zfs.resume_stream(token)
+        except protocol.ProtocolError as error:
+            return None, str(error)
+        except ZfsError as error:
+            return None, "zfs send -t: %s" % (error.stderr or error)
+        refusal = protocol.resume_refusal(result.dataset, snapshots, stream_from, stream_to)
+        return (stream_from.partition("@")[2] if stream_from else None), refusal
 
     def finish_run(self) -> None:
         """The last worker to finish asks for ``cleanbuffer``; every worker
@@ -353,7 +423,28 @@ def open_connection(options: SyncOptions) -> FramedConnection:
     return FramedConnection(relay.local, options.frame_size, options.stream_idle_timeout, relay)
 
 
+def _fit_frame(text: str, conn: FramedConnection) -> str:
+    """Cut a message to what one frame holds (reasons may be long)."""
+    size = conn.frame_size or protocol.DEFAULT_FRAME_SIZE
+    return text.encode("utf-8")[: size - 1].decode("utf-8", "ignore")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The receiver as the probe found it."""
+
+    kind: str  # PEER_OURS | PEER_ORIGINAL
+    version: Optional[str] = None
+    extensions: Tuple[str, ...] = ()
+
+
 def probe_peer(options: SyncOptions) -> Tuple[str, Optional[str]]:
+    """(kind, version) of the receiver; see ``probe``."""
+    peer = probe(options)
+    return peer.kind, peer.version
+
+
+def probe(options: SyncOptions) -> Peer:
     """Ask ``:xhello``: ours answers with its version and extensions; an
     original answers ``1:Unknown cmd xhello`` and closes. Nothing else."""
     conn = open_connection(options)
@@ -379,8 +470,8 @@ def probe_peer(options: SyncOptions) -> Tuple[str, Optional[str]]:
                 sock.sendall(protocol.encode_frame(":" + protocol.CMD_CLOSE, options.frame_size))
             except OSError:
                 pass
-            return PEER_OURS, hello[0]
-        return PEER_ORIGINAL, None
+            return Peer(PEER_OURS, hello[0], hello[1])
+        return Peer(PEER_ORIGINAL)
     except (OSError, protocol.ProtocolError) as error:
         raise SenderError("protocol probe of %s port %d failed: %s" % (options.receiver, options.port, error))
     finally:
@@ -405,7 +496,8 @@ def sync_tree(options: SyncOptions, zfs: Optional[Zfs] = None, log: Optional[Log
         result.seconds = time.monotonic() - started
         return result
     try:
-        result.peer, result.peer_version = probe_peer(options)
+        peer = probe(options)
+        result.peer, result.peer_version, result.peer_extensions = peer.kind, peer.version, list(peer.extensions)
     except (SenderError, ConnectionError, OSError, ValueError) as error:
         result.errors.append(str(error))
         result.seconds = time.monotonic() - started
@@ -416,9 +508,17 @@ def sync_tree(options: SyncOptions, zfs: Optional[Zfs] = None, log: Optional[Log
                              "and a sync frame would act on it" % (options.receiver, options.port))
         result.seconds = time.monotonic() - started
         return result
-    log.main("main", "zfsync_send %s: %s -> %s port %d (%s%s), %d datasets, %d threads" % (
+    # Resume needs both ends: the receiver's zfs can receive -s (it says
+    # xrsync) and ours can send -t.
+    try:
+        result.resumable = (options.resume and not options.plan_only
+                            and protocol.CMD_XRSYNC in result.peer_extensions and zfs.capabilities.send_resume)
+    except ZfsError as error:
+        log.main("main", "cannot tell whether zfs can send -t, not resuming: %s" % error)
+    log.main("main", "zfsync_send %s: %s -> %s port %d (%s%s%s), %d datasets, %d threads" % (
         __version__, options.root, options.receiver, options.port, result.peer,
-        " " + result.peer_version if result.peer_version else "", len(datasets), options.threads))
+        " " + result.peer_version if result.peer_version else "", ", resumable" if result.resumable else "",
+        len(datasets), options.threads))
     run = Run(options, zfs, log, result)
     for dataset in datasets:
         item = DatasetResult(dataset, protocol.suffix_of(dataset, options.root))

@@ -28,6 +28,8 @@ BUSY_RETRY_SECONDS = 15.0
 _C_LOCALE = {"LC_ALL": "C", "LANG": "C", "LANGUAGE": "C"}
 # What zfs list prints, in the C locale, for a name that is not there.
 _ABSENT = re.compile(r"^cannot open '([^']+)': dataset does not exist$")
+# ``send [-nvPe] -t <receive_resume_token>`` in OpenZFS's usage text.
+RESUME_SEND_USAGE = re.compile(r"^\s*send \S*.*-t <receive_resume_token>", re.M)
 
 
 class ZfsError(RuntimeError):
@@ -56,6 +58,7 @@ class Capabilities:
     send_flags: FrozenSet[str]
     receive_flags: FrozenSet[str]
     list_parsable: bool
+    send_resume: bool = False  # send -t <receive_resume_token>
 
     @property
     def send_compressed(self) -> bool:
@@ -75,6 +78,8 @@ class Capabilities:
 
     @property
     def receive_resumable(self) -> bool:
+        """``receive -s`` (keep a cut stream's partial state) with
+        ``receive -A`` (abort it): OpenZFS has both, zfs-fuse neither."""
         return "s" in self.receive_flags
 
 
@@ -167,13 +172,14 @@ class Zfs:
         return proc.stdout.decode("utf-8", "replace")
 
     def _probe(self) -> Capabilities:
-        send = _usage_flags(self._usage("send"), "send")
+        send_usage = self._usage("send")
+        send = _usage_flags(send_usage, "send")
         receive = _usage_flags(self._usage("receive"), "receive")
         argv = self._argv(["list", "-H", "-p", "-o", "name", "zfsync-capability-probe/none"])
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=self._env(), timeout=30, check=False)
         list_parsable = b"invalid option" not in proc.stderr
-        return Capabilities(send, receive, list_parsable)
+        return Capabilities(send, receive, list_parsable, RESUME_SEND_USAGE.search(send_usage) is not None)
 
     # -- reading -------------------------------------------------------------
 
@@ -192,7 +198,14 @@ class Zfs:
         first), in one zfs(8) call: {name: None when absent, else [snapshot
         names]}. Absent names make zfs exit 1 after listing the others;
         any other complaint is an error."""
-        args = ["list", "-H", "-o", "name", "-t", "filesystem,volume,snapshot", "-s", "createtxg", "-d", "1"]
+        return self.locate_partial(names)[0]
+
+    def locate_partial(self, names: Sequence[str]) -> Tuple[Dict[str, Optional[List[str]]], Dict[str, str]]:
+        """``locate``, and in the same call the resume token of each name
+        that holds partial receive state: {name: token}. Empty where zfs
+        has no ``receive -s`` (zfs-fuse knows no such property)."""
+        columns = "name,receive_resume_token" if self.capabilities.receive_resumable else "name"
+        args = ["list", "-H", "-o", columns, "-t", "filesystem,volume,snapshot", "-s", "createtxg", "-d", "1"]
         status, out, err = self._execute(args + list(names))
         complaints = [line for line in err.splitlines() if line.strip()]
         absent = set()
@@ -203,7 +216,9 @@ class Zfs:
             absent.add(match.group(1))
         if status != 0 and not absent:
             raise ZfsError(self._argv(args + list(names)), status, err)
-        lines = out.splitlines()
+        rows = [line.split("\t") for line in out.splitlines()]
+        lines = [row[0] for row in rows]
+        tokens = {row[0]: row[1] for row in rows if len(row) > 1 and row[1] not in ("", "-") and row[0] in names}
         found: Dict[str, Optional[List[str]]] = {}
         for name in names:
             if name in absent or name not in lines:
@@ -211,7 +226,56 @@ class Zfs:
                 continue
             prefix = name + "@"
             found[name] = [line[len(prefix):] for line in lines if line.startswith(prefix)]
+        return found, {name: token for name, token in tokens.items() if found.get(name) is not None}
+
+    def partial_children(self, name: str) -> List[Tuple[str, Optional[str], bool]]:
+        """The filesystem/volume children of ``name`` with their partial
+        receive state: (child, resume token or None, inconsistent). An
+        inconsistent child is a first (full) stream cut short: no snapshot
+        yet, nothing to place. A token on a consistent child belongs to its
+        hidden ``%recv`` clone: an incremental cut short. On a zfs without
+        ``receive -s`` there is no such state: (child, None, False)."""
+        if not self.capabilities.receive_resumable:
+            return [(child, None, False) for child in self.children(name)]
+        out = self.run(["list", "-H", "-o", "name,receive_resume_token,inconsistent", "-t", "filesystem,volume",
+                        "-d", "1", name])
+        found = []
+        for line in out.splitlines():
+            fields = line.split("\t")
+            if len(fields) < 3 or fields[0] == name:
+                continue
+            found.append((fields[0], fields[1] if fields[1] not in ("", "-") else None, fields[2] == "1"))
         return found
+
+    def resume_token(self, name: str) -> Optional[str]:
+        """The token of ``name``'s partial receive state, None without."""
+        if not self.capabilities.receive_resumable:
+            return None
+        value = self.get(name, "receive_resume_token")
+        return value if value not in ("", "-") else None
+
+    def abort_receive(self, name: str) -> None:
+        """``zfs receive -A``: drop the partial state of a cut ``receive
+        -s``. A first stream's dataset vanishes with it; an incremental's
+        ``%recv`` clone goes and the dataset stays at its last snapshot."""
+        status, _out, err = self._execute(["receive", "-A", name])
+        if status != 0 and "does not have any resumable receive state" not in err:
+            raise ZfsError(self._argv(["receive", "-A", name]), status, err)
+
+    def resume_stream(self, token: str) -> Tuple[Optional[str], str]:
+        """What ``zfs send -t TOKEN`` would send, found by the snapshots'
+        guids: (from snapshot or None for a full stream, to snapshot), full
+        names. ZfsError when zfs cannot resume it (a snapshot is gone)."""
+        args = ["send", "-nvP", "-t", token]
+        status, out, err = self._execute(args)
+        if status != 0:
+            raise ZfsError(self._argv(args), status, err)
+        try:
+            # Where zfs prints a dry run's lines (stdout or stderr) has
+            # changed between versions: read both.
+            return parse_resume_dry_run(out + "\n" + err)
+        except ValueError as error:
+            raise ZfsError(self._argv(args), status, str(error))
 
     def filesystems(self, root: str) -> List[str]:
         """``root`` and its descendant filesystems and volumes, parent before
@@ -318,14 +382,22 @@ class Zfs:
             args += ["-I", "@" + base]
         return self._argv(args + ["%s@%s" % (dataset, to)])
 
-    def receive_argv(self, target: str, force: bool) -> List[str]:
-        """``zfs receive [-F] -u -o canmount=noauto target``; where the
+    def resume_send_argv(self, token: str) -> List[str]:
+        """``zfs send -t TOKEN``: the rest of a cut stream (the token keeps
+        the original stream's flags). The caller validated the token."""
+        return self._argv(["send", "-t", token])
+
+    def receive_argv(self, target: str, force: bool, resumable: bool = False) -> List[str]:
+        """``zfs receive [-F] [-s] -u -o canmount=noauto target``; where the
         installed zfs lacks -u/-o the caller unmounts and sets canmount right
-        after (see ``settle_received``)."""
+        after (see ``settle_received``). ``resumable``: a cut stream leaves
+        partial state and a resume token (only where zfs has -s)."""
         caps = self.capabilities
         args = ["receive"]
         if force:
             args.append("-F")
+        if resumable and caps.receive_resumable:
+            args.append("-s")
         if caps.receive_unmounted:
             args.append("-u")
         if caps.receive_properties:
@@ -364,3 +436,17 @@ class Zfs:
             except ZfsError as error:
                 return str(error)
         return None
+
+
+def parse_resume_dry_run(text: str) -> Tuple[Optional[str], str]:
+    """(from, to) of ``zfs send -nvP -t``'s output: its ``full <to> <size>``
+    or ``incremental <from> <to> <size>`` line (the names zfs found by the
+    token's guids, which survive a rename; the token's own ``toname`` may
+    be stale). ValueError when there is none."""
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if fields[0] == "full" and len(fields) >= 2:
+            return None, fields[1]
+        if fields[0] == "incremental" and len(fields) >= 3:
+            return fields[1], fields[2]
+    raise ValueError("zfs send -nvP -t printed no stream line: %r" % text[-200:])
