@@ -205,10 +205,11 @@ class FramedConnection:
     # -- streams -------------------------------------------------------------
 
     def run_zfs(self, zfs_spawn, argv: Sequence[str], direction: str,
-                stop_check=None, watch_peer: bool = False) -> Tuple[int, str]:
+                stop_check=None, watch_peer: bool = False, output=None) -> Tuple[int, str]:
         """Run a zfs process with this socket as its stdout (``direction``
-        "send") or stdin ("receive"); wait for it without a total bound (the
-        kernel's inactivity bound ends a stalled stream), stop it early when
+        "send") or stdin ("receive"; its stdout goes to the file ``output``
+        if given); wait for it without a total bound (the kernel's
+        inactivity bound ends a stalled stream), stop it early when
         ``stop_check()`` turns true or, with ``watch_peer``, when the peer
         writes or closes while we are sending (it gave up on the stream).
         Returns (exit status, stderr)."""
@@ -216,7 +217,7 @@ class FramedConnection:
         if direction == "send":
             proc = zfs_spawn(argv, stdout=self.sock.fileno())
         else:
-            proc = zfs_spawn(argv, stdin=self.sock.fileno())
+            proc = zfs_spawn(argv, stdin=self.sock.fileno(), stdout=output)
         reason = None
         try:
             while True:

@@ -30,6 +30,7 @@ import os
 import queue
 import signal
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from .zfs import Zfs, ZfsError
 BUFFER_SUFFIX = ".zfsyncbuffer"
 ROOT_ENTRY = "ROOT"  # the buffer entry of the root itself (HEX("") is empty)
 OLD_MARK = ".old"  # an old copy set aside during a FULL swap
+MAX_RECEIVE_REPORT = 1 << 20  # bytes of `zfs receive -v` output read back
 
 
 @dataclass
@@ -524,7 +526,7 @@ class Receiver:
             if location == entry:
                 self._place(entry, target)
         elif decision.action == "incremental":
-            received = self._receive_incremental(session, location, decision, snapshots, resumable)
+            received = self._receive_incremental(session, location, have, decision, snapshots, resumable)
             self._prune(session, suffix, location, received, snapshots)
             if location == entry:
                 self._place(entry, target)
@@ -589,7 +591,7 @@ class Receiver:
         self._reply_or_lost(session, True, decision.reply_text)
         self.log.main(thread, "%s: resumed in %s, then %s (base %s)" % (target, dest, decision.action, decision.base))
         if decision.action == "incremental":
-            received = self._receive_incremental(session, dest, decision, snapshots, True)
+            received = self._receive_incremental(session, dest, received, decision, snapshots, True)
         self._prune(session, suffix, dest, received, snapshots)
         if dest == entry:
             if target_exists:  # only a FULL receives into the buffer beside an existing copy
@@ -602,17 +604,28 @@ class Receiver:
         if not self._reply(session, ok, text):
             raise ConnectionClosed("sender went away")
 
-    def _receive(self, session: Session, dest: str, force: bool, what: str, resumable: bool = False) -> None:
+    def _receive(self, session: Session, dest: str, force: bool, what: str,
+                 resumable: bool = False) -> Optional[List[str]]:
+        """One stream into ``dest``; the snapshots it brought, as zfs
+        reported them, or None when that is not known (then list)."""
         argv = self.zfs.receive_argv(dest, force, resumable)
         # Where zfs cannot receive unmounted (zfs-fuse), every receive
         # remounts the dataset and its children, and concurrent receives in
         # one tree fail with "dataset is busy": receive one at a time there.
         serial = self._serial_receive if not self.zfs.capabilities.receive_unmounted else contextlib.nullcontext()
         with serial:
-            self._receive_one(session, dest, argv, what)
+            return self._receive_one(session, dest, argv, what)
 
-    def _receive_one(self, session: Session, dest: str, argv: List[str], what: str) -> None:
-        status, stderr = session.conn.run_zfs(self.zfs.spawn, argv, "receive", stop_check=self._past_stop_deadline)
+    def _receive_one(self, session: Session, dest: str, argv: List[str], what: str) -> Optional[List[str]]:
+        # A file, not a pipe: a stream of many snapshots prints a line each,
+        # more than a pipe holds while nobody reads it.
+        with tempfile.TemporaryFile() as output:
+            status, stderr = session.conn.run_zfs(self.zfs.spawn, argv, "receive",
+                                                  stop_check=self._past_stop_deadline, output=output)
+            output.seek(0)
+            report = output.read(MAX_RECEIVE_REPORT + 1)
+        # Past the bound the last line may be cut: list instead.
+        verbose = report.decode("utf-8", "replace") if len(report) <= MAX_RECEIVE_REPORT else ""
         if status != 0 and not self.zfs.receive_failed_only_to_mount(stderr):
             raise SyncFailed("zfs_receive(%s)" % what, stderr or "exit status %s" % status)
         try:
@@ -621,6 +634,8 @@ class Receiver:
             raise SyncFailed("zfs_receive(%s)" % what, "received, but: %s" % error)
         if warning:
             self.log.main(str(session.thread), "%s: received, still mounted: %s" % (dest, warning))
+        # Only a clean exit vouches for every line it printed.
+        return self.zfs.received_snapshots(verbose, dest) if status == 0 else None
 
     def _receive_full(self, session: Session, dest: str, snapshots: Sequence[str], what: str,
                       dest_exists: bool, resumable: bool = False) -> None:
@@ -632,18 +647,18 @@ class Receiver:
             if self.zfs.children(dest):
                 raise SyncFailed("zfs_receive(%s)" % what, "%s holds datasets; cleanbuffer must place them first" % dest)
             self.zfs.destroy(dest, recursive=True)  # a stale copy aside, replaced by this stream
-        self._receive(session, dest, True, what, resumable)
-        received = self.zfs.snapshots(dest)
+        # dest did not exist before this stream: what arrived is all it has.
+        received = self._receive(session, dest, True, what, resumable) or self.zfs.snapshots(dest)
         if received and received[-1] == snapshots[-1]:
             return
         if len(snapshots) < 2 or not received:
             raise SyncFailed("zfs_receive(%s)" % what, "stream ended before @%s" % snapshots[-1])
-        self._receive(session, dest, False, what, resumable)
-        received = self.zfs.snapshots(dest)
+        arrived = self._receive(session, dest, False, what, resumable)
+        received = received + arrived if arrived else self.zfs.snapshots(dest)
         if not received or received[-1] != snapshots[-1]:
             raise SyncFailed("zfs_receive(%s)" % what, "stream ended before @%s" % snapshots[-1])
 
-    def _receive_incremental(self, session: Session, location: str, decision: protocol.Decision,
+    def _receive_incremental(self, session: Session, location: str, have: Sequence[str], decision: protocol.Decision,
                              snapshots: Sequence[str], resumable: bool = False) -> List[str]:
         """The incremental stream; returns the snapshots it left, checked
         against the sender's newest and handed on to pruning."""
@@ -655,8 +670,16 @@ class Receiver:
             except ZfsError as error:
                 raise SyncFailed("zfs_receive(incr)", str(error))
         # -F rolls back changes made on the replica since the common snapshot.
-        self._receive(session, location, True, "incr", resumable)
-        received = self.zfs.snapshots(location)
+        arrived = self._receive(session, location, True, "incr", resumable)
+        if arrived:
+            # What the replica held up to the common snapshot, then what the
+            # stream brought: the listing this replaces would show the same.
+            kept = [s for s in have if s not in decision.destroy_first]
+            if decision.base in kept:
+                kept = kept[:kept.index(decision.base) + 1]
+            received = kept + arrived
+        else:
+            received = self.zfs.snapshots(location)
         if not received or received[-1] != snapshots[-1]:
             raise SyncFailed("zfs_receive(incr)", "stream ended before @%s" % snapshots[-1])
         return received

@@ -30,6 +30,9 @@ _C_LOCALE = {"LC_ALL": "C", "LANG": "C", "LANGUAGE": "C"}
 _ABSENT = re.compile(r"^cannot open '([^']+)': dataset does not exist$")
 # ``send [-nvPe] -t <receive_resume_token>`` in OpenZFS's usage text.
 RESUME_SEND_USAGE = re.compile(r"^\s*send \S*.*-t <receive_resume_token>", re.M)
+# What ``zfs receive -v`` prints for each snapshot of a stream (OpenZFS and
+# zfs-fuse alike): "receiving incremental stream of SRC@b into DST@b".
+_RECEIVING = re.compile(r"^receiving (?:full|incremental) stream of .+? into (.+)$")
 
 
 class ZfsError(RuntimeError):
@@ -388,12 +391,14 @@ class Zfs:
         return self._argv(["send", "-t", token])
 
     def receive_argv(self, target: str, force: bool, resumable: bool = False) -> List[str]:
-        """``zfs receive [-F] [-s] -u -o canmount=noauto target``; where the
-        installed zfs lacks -u/-o the caller unmounts and sets canmount right
-        after (see ``settle_received``). ``resumable``: a cut stream leaves
-        partial state and a resume token (only where zfs has -s)."""
+        """``zfs receive -v [-F] [-s] -u -o canmount=noauto target``; where
+        the installed zfs lacks -u/-o the caller unmounts and sets canmount
+        right after (see ``settle_received``). ``resumable``: a cut stream
+        leaves partial state and a resume token (only where zfs has -s).
+        ``-v`` names every snapshot that arrives (``received_snapshots``),
+        which spares a listing."""
         caps = self.capabilities
-        args = ["receive"]
+        args = ["receive", "-v"]
         if force:
             args.append("-F")
         if resumable and caps.receive_resumable:
@@ -403,6 +408,19 @@ class Zfs:
         if caps.receive_properties:
             args += ["-o", "canmount=noauto"]
         return self._argv(args + [target])
+
+    @staticmethod
+    def received_snapshots(verbose_output: str, target: str) -> Optional[List[str]]:
+        """The snapshots of ``target`` that a successful ``receive -v``
+        reports, in stream order; None when it reports none (the caller
+        then lists them)."""
+        prefix = target + "@"
+        names = []
+        for line in verbose_output.splitlines():
+            match = _RECEIVING.match(line.strip())
+            if match and match.group(1).startswith(prefix):
+                names.append(match.group(1)[len(prefix):])
+        return names or None
 
     def spawn(self, argv: Sequence[str], stdin: Union[int, IO, None] = None,
               stdout: Union[int, IO, None] = None) -> subprocess.Popen:
