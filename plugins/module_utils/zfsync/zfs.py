@@ -175,6 +175,16 @@ class Zfs:
         return proc.stdout.decode("utf-8", "replace")
 
     def _probe(self) -> Capabilities:
+        """One ``zfs -?`` prints every subcommand's usage (OpenZFS, FreeBSD
+        and zfs-fuse alike); asking send, receive and list one by one cost
+        three zfs(8) starts, a second under TCG, on every engine start."""
+        usage = self._usage("-?")
+        send = _usage_flags(usage, "send")
+        receive = _usage_flags(usage, "receive")
+        listing = _usage_flags(usage, "list")
+        if send and receive and listing:
+            return Capabilities(send, receive, "p" in listing, RESUME_SEND_USAGE.search(usage) is not None)
+        # A zfs(8) whose general usage leaves the flags out: ask each.
         send_usage = self._usage("send")
         send = _usage_flags(send_usage, "send")
         receive = _usage_flags(self._usage("receive"), "receive")
