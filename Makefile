@@ -7,7 +7,7 @@ PYTEST := $(VENV)/bin/pytest
 # The oldest managed-host Python we support runs the engine's tests as well.
 OLD_PYTHONS ?= 3.9
 
-.PHONY: help deps venv demo demo-clean test test-unit test-integration test-old-python sanity lint test-molecule test-freebsd lab-image test-lab test-lab-engine test-lab-resume clean
+.PHONY: help deps venv demo demo-clean test test-unit test-integration test-old-python sanity lint test-molecule test-freebsd lab-image test-lab test-lab-engine test-lab-privilege test-lab-resume clean
 
 help: ## list the entry points
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ test-lab: lab-image venv ## golden replay: the original sender's captured bytes 
 
 test-lab-engine: lab-image venv ## the engine's integration tests (test_engine_*) inside a lab VM on OpenZFS 2.1 (slow; not part of make test)
 	$(PY) tests/lab/engine-suite
+
+# About 12 min under TCG here (boot 2 min, eight syncs), so not part of make test.
+test-lab-privilege: lab-image venv ## the receiver as an unprivileged user with zfs allow delegation, on OpenZFS 2.1 in a lab VM (docs/security.md)
+	$(PYTEST) -q tests/lab/test_least_privilege.py
 
 test-lab-resume: lab-image venv ## resumable receive on OpenZFS 2.1 in a lab VM: streams cut mid-way resume (test_engine_resume.py)
 	$(PY) tests/lab/engine-suite --state-dir /tmp/zfsync-resume-lab tests/integration/test_engine_resume.py -rP
