@@ -52,7 +52,7 @@ test-lab: lab-image venv ## golden replay: the original sender's captured bytes 
 test-lab-engine: lab-image venv ## the engine's integration tests (test_engine_*) inside a lab VM on OpenZFS 2.1 (slow; not part of make test)
 	$(PY) tests/lab/engine-suite
 
-# About 12 min under TCG here (boot 2 min, eight syncs), so not part of make test.
+# 10-13 min under TCG here (boot 2 min, eight syncs), so not part of make test.
 test-lab-privilege: lab-image venv ## the receiver as an unprivileged user with zfs allow delegation, on OpenZFS 2.1 in a lab VM (docs/security.md)
 	$(PYTEST) -q tests/lab/test_least_privilege.py
 
