@@ -249,6 +249,26 @@ def test_without_receive_a_sync_fails_and_the_receiver_keeps_serving(lab):
     assert lab.sh("ps -o user= -p %d" % lab.receiver_pid).strip() == USER
 
 
+def test_without_canmount_a_new_copy_is_dropped_not_left_mountable(lab):
+    """zfs receive exits 0 when it cannot apply -o canmount=noauto; the
+    receiver must notice: a new dataset would otherwise mount at boot."""
+    lab.sh("zfs unallow -d -u %s canmount %s && zfs create %s/nc && zfs snapshot -r %s@s5"
+           % (USER, PARENT, SOURCE, SOURCE))
+    sync = lab.sync("without canmount")
+    assert sync.returncode != 0, sync.output
+    assert "canmount=noauto was refused" in sync.output, sync.output
+    assert lab.vm.run("zfs list %s/nc" % ROOT, check=False).returncode != 0
+    assert lab.buffer_entries() == []
+    # The copies that had noauto already took their incremental.
+    assert ROOT + "/c@s5" in lab.sh("zfs list -H -o name -t snapshot %s/c" % ROOT).split()
+    assert lab.receiver_alive()
+    lab.sh("zfs allow -d -u %s canmount %s" % (USER, PARENT))
+    sync = lab.sync("canmount delegated again")
+    assert sync.returncode == 0, sync.output
+    lab.assert_replica_equals_source()
+    assert lab.sh("zfs get -H -o value canmount %s/nc" % ROOT).strip() == "noauto"
+
+
 def test_the_delegation_is_what_the_docs_give():
     with open(os.path.join(labkit.REPO, "docs", "security.md")) as handle:
         docs = handle.read()

@@ -628,6 +628,12 @@ class Receiver:
         verbose = report.decode("utf-8", "replace") if len(report) <= MAX_RECEIVE_REPORT else ""
         if status != 0 and not self.zfs.receive_failed_only_to_mount(stderr):
             raise SyncFailed("zfs_receive(%s)" % what, stderr or "exit status %s" % status)
+        refused = self.zfs.refused_properties(stderr) if status == 0 else {}
+        if "canmount" in refused:
+            self._check_canmount(session, dest, what, refused["canmount"])
+        if refused:
+            self.log.main(str(session.thread), "%s: received without %s" % (dest, ", ".join(
+                "%s (%s)" % item for item in sorted(refused.items()))))
         try:
             warning = self.zfs.settle_received(dest)
         except ZfsError as error:
@@ -636,6 +642,27 @@ class Receiver:
             self.log.main(str(session.thread), "%s: received, still mounted: %s" % (dest, warning))
         # Only a clean exit vouches for every line it printed.
         return self.zfs.received_snapshots(verbose, dest) if status == 0 else None
+
+    def _check_canmount(self, session: Session, dest: str, what: str, reason: str) -> None:
+        """zfs exits 0 when it could not apply our -o canmount=noauto (an
+        unprivileged receiver without the 'canmount' permission). A copy
+        that already had noauto keeps it; one that would mount at the next
+        boot, over whatever its mountpoint names, must not stay: a fresh
+        copy in the buffer is dropped, any other fails the sync."""
+        try:
+            value = self.zfs.get(dest, "canmount")
+        except ZfsError:
+            value = "unknown"
+        if value in ("noauto", "off"):
+            return
+        problem = "received, but canmount=noauto was refused (%s): delegate 'canmount' to the receiver's user" % reason
+        if what in ("new", "full") and dest.startswith(self.buffer + "/"):
+            try:
+                self.zfs.destroy(dest, recursive=True)
+                problem += "; the new copy was dropped"
+            except ZfsError as error:
+                self.log.main(str(session.thread), "%s: could not drop the copy: %s" % (dest, error))
+        raise SyncFailed("zfs_receive(%s)" % what, problem)
 
     def _receive_full(self, session: Session, dest: str, snapshots: Sequence[str], what: str,
                       dest_exists: bool, resumable: bool = False) -> None:

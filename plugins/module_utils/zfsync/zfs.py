@@ -33,6 +33,9 @@ RESUME_SEND_USAGE = re.compile(r"^\s*send \S*.*-t <receive_resume_token>", re.M)
 # What ``zfs receive -v`` prints for each snapshot of a stream (OpenZFS and
 # zfs-fuse alike): "receiving incremental stream of SRC@b into DST@b".
 _RECEIVING = re.compile(r"^receiving (?:full|incremental) stream of .+? into (.+)$")
+# A property a receive could not set (no delegated permission, say): zfs
+# only warns and exits 0. "cannot receive canmount property on X: permission denied"
+_PROPERTY_REFUSED = re.compile(r"^cannot receive (\S+) property on (.+?): (.+)$")
 
 
 class ZfsError(RuntimeError):
@@ -431,6 +434,17 @@ class Zfs:
             if match and match.group(1).startswith(prefix):
                 names.append(match.group(1)[len(prefix):])
         return names or None
+
+    @staticmethod
+    def refused_properties(stderr: str) -> Dict[str, str]:
+        """{property: zfs's reason} for every property a receive that
+        exited 0 reported it could not set."""
+        refused = {}
+        for line in stderr.splitlines():
+            match = _PROPERTY_REFUSED.match(line.strip())
+            if match:
+                refused[match.group(1)] = match.group(3)
+        return refused
 
     def spawn(self, argv: Sequence[str], stdin: Union[int, IO, None] = None,
               stdout: Union[int, IO, None] = None) -> subprocess.Popen:

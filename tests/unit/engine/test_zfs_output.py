@@ -35,3 +35,16 @@ def test_nothing_reported_means_unknown_not_empty():
 def test_names_with_spaces_and_windows_line_ends():
     out = "receiving full stream of p/a b@s 1 into p/x y@s 1\r\n"
     assert Zfs.received_snapshots(out, "p/x y") == ["s 1"]
+
+
+def test_properties_a_receive_could_not_set():
+    # OpenZFS 2.1.11, a receiver user without the canmount and compression
+    # permissions (tests/lab/test_least_privilege.py): zfs exits 0.
+    stderr = ("cannot receive canmount property on tank/zfsync/replica/a: permission denied\n"
+              "cannot receive compression property on tank/zfsync/replica/a: permission denied\n")
+    assert Zfs.refused_properties(stderr) == {"canmount": "permission denied", "compression": "permission denied"}
+
+
+def test_other_complaints_are_not_refused_properties():
+    assert Zfs.refused_properties("cannot receive incremental stream: permission denied\n") == {}
+    assert Zfs.refused_properties("") == {}
