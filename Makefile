@@ -7,7 +7,7 @@ PYTEST := $(VENV)/bin/pytest
 # The oldest managed-host Python we support runs the engine's tests as well.
 OLD_PYTHONS ?= 3.9
 
-.PHONY: help deps venv demo demo-clean test test-unit test-integration test-old-python sanity lint test-molecule test-freebsd lab-image test-lab test-lab-engine test-lab-privilege test-lab-resume clean
+.PHONY: help deps venv demo demo-clean test test-unit test-integration test-old-python sanity lint test-molecule test-freebsd lab-image test-lab test-lab-engine test-lab-privilege test-lab-resume test-lab-resume-big clean
 
 help: ## list the entry points
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ test-lab-privilege: lab-image venv ## the receiver as an unprivileged user with 
 
 test-lab-resume: lab-image venv ## resumable receive on OpenZFS 2.1 in a lab VM: streams cut mid-way resume (test_engine_resume.py)
 	$(PY) tests/lab/engine-suite --state-dir /tmp/zfsync-resume-lab tests/integration/test_engine_resume.py -rP
+
+test-lab-resume-big: lab-image venv ## the same with a 1 GiB stream cut and resumed (tests marked slow; not part of make test)
+	$(PY) tests/lab/engine-suite --state-dir /tmp/zfsync-resume-lab tests/integration/test_engine_resume.py -m slow -rP
 
 test-molecule: deps venv ## Molecule scenario default: site.yml, idempotence, sync.yml, testinfra on two OpenZFS VMs
 	tools/molecule.sh test -s default
