@@ -17,6 +17,7 @@ Two rules from measurements on these machines shape this file:
 """
 from __future__ import annotations
 
+import os
 import select
 import socket
 import struct
@@ -31,6 +32,10 @@ from . import protocol
 # the first 256 bytes: a sender writes a whole frame at once and then waits
 # for the answer, so the rest is already there or never comes.
 FRAME_DETECT_WAIT = 0.25
+# While zfs owns a stream: how often stop_check() is asked when the process
+# exit can be waited for (pidfd), and how often to poll where it cannot.
+STREAM_CHECK_INTERVAL = 1.0
+STREAM_POLL_INTERVAL = 0.2
 
 
 class ConnectionClosed(ConnectionError):
@@ -219,13 +224,24 @@ class FramedConnection:
         else:
             proc = zfs_spawn(argv, stdin=self.sock.fileno(), stdout=output)
         reason = None
+        exited = _exit_descriptor(proc.pid)
         try:
-            while True:
-                try:
-                    proc.wait(timeout=0.2)
+            while proc.poll() is None:
+                # Sleep in select until the process exits (pidfd), the peer
+                # stirs, or the interval passes: a blocking wait, where
+                # Popen.wait(timeout) polls waitpid about 50 times a second
+                # per stream (a CPU-bound cost in a busy sender or receiver).
+                watched = [fd for fd in (exited, self.sock if watch_peer else None) if fd is not None]
+                interval = STREAM_CHECK_INTERVAL if exited is not None else STREAM_POLL_INTERVAL
+                if watched:
+                    try:
+                        select.select(watched, [], [], interval)
+                    except (OSError, ValueError):
+                        time.sleep(STREAM_POLL_INTERVAL)
+                else:
+                    time.sleep(interval)
+                if proc.poll() is not None:
                     break
-                except subprocess.TimeoutExpired:
-                    pass
                 if stop_check is not None and stop_check():
                     reason = "stopped: the daemon is shutting down"
                 elif watch_peer and self.readable():
@@ -239,12 +255,27 @@ class FramedConnection:
                         proc.wait(timeout=10)
                     break
         finally:
+            if exited is not None:
+                os.close(exited)
             stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
             if proc.stderr:
                 proc.stderr.close()
         if reason:
             stderr = (reason + "; " + stderr).strip("; ")
         return proc.returncode, stderr.strip()
+
+
+def _exit_descriptor(pid: int) -> Optional[int]:
+    """A descriptor that turns readable when process ``pid`` exits (a
+    Linux pidfd, Python 3.9+), or None where there is none (FreeBSD, older
+    Linux kernels): the caller then polls."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except OSError:
+        return None
 
 
 def resolve(host: str, port: int) -> list:
