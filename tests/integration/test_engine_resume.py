@@ -225,8 +225,12 @@ def test_a_sender_that_no_longer_has_the_snapshot_starts_over(big_pools, receive
     zfs("snapshot", "-r", root + "@s1")
     cut_run(root, receiver)
     # The sender's retention removes the snapshot the cut stream was for.
+    # zfs-fuse keeps a snapshot whose send was cut busy (still so after 40 s,
+    # with no zfs process left): there @s1 stays, and the run after the cut
+    # sends the dataset whole, as without resume.
     zfs("snapshot", "-r", root + "@s2")
-    zfs("destroy", "-r", root + "@s1")
+    if resumable:
+        zfs("destroy", "-r", root + "@s1")
 
     data, err = send_json(root, receiver)
 
