@@ -36,6 +36,9 @@ FRAME_DETECT_WAIT = 0.25
 # exit can be waited for (pidfd), and how often to poll where it cannot.
 STREAM_CHECK_INTERVAL = 1.0
 STREAM_POLL_INTERVAL = 0.2
+# When the peer speaks before a send's process has exited: how long the
+# process may take to finish exiting before the send counts as abandoned.
+STREAM_EXIT_GRACE = 5.0
 
 
 class ConnectionClosed(ConnectionError):
@@ -244,7 +247,11 @@ class FramedConnection:
                     break
                 if stop_check is not None and stop_check():
                     reason = "stopped: the daemon is shutting down"
-                elif watch_peer and self.readable():
+                elif watch_peer and self.readable() and not _wait_exit(proc, exited, STREAM_EXIT_GRACE):
+                    # The peer answered or closed mid-stream. A receiver that
+                    # had the whole stream answers while zfs send may still be
+                    # exiting (seen under TCG): only a process still running
+                    # after the grace is sending to a peer that gave up.
                     reason = "the peer stopped reading the stream"
                 if reason:
                     proc.terminate()
@@ -263,6 +270,21 @@ class FramedConnection:
         if reason:
             stderr = (reason + "; " + stderr).strip("; ")
         return proc.returncode, stderr.strip()
+
+
+def _wait_exit(proc: subprocess.Popen, exited: Optional[int], seconds: float) -> bool:
+    """True when ``proc`` exits within ``seconds`` (``exited``: its pidfd)."""
+    if exited is not None:
+        try:
+            select.select([exited], [], [], seconds)
+        except (OSError, ValueError):
+            pass
+        return proc.poll() is not None
+    try:
+        proc.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _exit_descriptor(pid: int) -> Optional[int]:
