@@ -234,7 +234,7 @@ def render_profile(results: dict) -> str:
         lines.append("")
         lines.append("(Shim on, so a little slower than the table above. `send`/`recv` = zfsync's sender/receiver "
                      "process and their zfs(8) children, `tool` = the other contenders' commands. zfsync's counts "
-                     "include its one-off capability probe (`zfs send`, `zfs receive` usage and a `zfs list -p`) on each "
+                     "include its one-off capability probe (one `zfs -?`; three calls before 2026-11-27) on each "
                      "side. Calls of parallel workers and of both ends of a pipe "
                      "overlap, so summed time can exceed the wall time. s/dataset: zfsync_send's own per-dataset "
                      "time (frame sent to 0:OK read), median; fixed s (1 thread): wall minus their sum: start-up, "
