@@ -105,7 +105,7 @@ def test_locate_lists_present_and_absent_names_in_one_call(sender_pool):
         zfs("snapshot", "%s@%s" % (root, snap))
     zfs("snapshot", root + "/child@c1")
 
-    found = Zfs().locate([root, root + "/missing", root + "/bare", sender_pool + "/no/such/parent"])
+    found, _tokens = Zfs().locate([root, root + "/missing", root + "/bare", sender_pool + "/no/such/parent"])
 
     assert found == {root: ["s1", "s2", "s3"], root + "/missing": None, root + "/bare": [],
                      sender_pool + "/no/such/parent": None}

@@ -481,7 +481,7 @@ class Receiver:
         """Where the receiver's copy is (in place, in the buffer, or
         nowhere), its snapshots, which of the two exist and which hold
         partial receive state: one zfs(8) call for all of it."""
-        found, partials = self.zfs.locate_partial([target, entry])
+        found, partials = self.zfs.locate([target, entry])
         # A first stream cut short leaves a dataset without any snapshot
         # (OpenZFS marks it inconsistent): not a copy to sync against.
         fresh = frozenset(name for name in partials if not found[name])

@@ -209,17 +209,14 @@ class Zfs:
                 return False
             raise
 
-    def locate(self, names: Sequence[str]) -> Dict[str, Optional[List[str]]]:
+    def locate(self, names: Sequence[str]) -> Tuple[Dict[str, Optional[List[str]]], Dict[str, str]]:
         """Which of ``names`` exist, with their own snapshots (oldest
-        first), in one zfs(8) call: {name: None when absent, else [snapshot
-        names]}. Absent names make zfs exit 1 after listing the others;
-        any other complaint is an error."""
-        return self.locate_partial(names)[0]
-
-    def locate_partial(self, names: Sequence[str]) -> Tuple[Dict[str, Optional[List[str]]], Dict[str, str]]:
-        """``locate``, and in the same call the resume token of each name
-        that holds partial receive state: {name: token}. Empty where zfs
-        has no ``receive -s`` (zfs-fuse knows no such property)."""
+        first), and the resume token of each that holds partial receive
+        state, in one zfs(8) call: ({name: None when absent, else [snapshot
+        names]}, {name: token}). Tokens are empty where zfs has no
+        ``receive -s`` (zfs-fuse knows no such property). Absent names make
+        zfs exit 1 after listing the others; any other complaint is an
+        error."""
         columns = "name,receive_resume_token" if self.capabilities.receive_resumable else "name"
         args = ["list", "-H", "-o", columns, "-t", "filesystem,volume,snapshot", "-s", "createtxg", "-d", "1"]
         status, out, err = self._execute(args + list(names))
