@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 LAB_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(LAB_DIR))
@@ -136,3 +136,19 @@ def lab_vm(state_dir: str, name: str, forwards: Sequence[int] = (), timings: Opt
         finally:
             with timings.phase("teardown"):
                 launch.down(state_dir)
+
+
+def keep_logs(vm: LabVM, timings: Timings, command: str, path: str,
+              before: Optional[Callable[[], None]] = None) -> None:
+    """A fixture's teardown: write what ``command`` prints in the VM to
+    ``path`` (after ``before()``, e.g. stopping the receiver). A failure is
+    said, never raised: the VM must still be torn down."""
+    with timings.phase("keep logs"):
+        try:
+            if before is not None:
+                before()
+            logs = vm.run(command, check=False, timeout=120).stdout
+            with open(path, "w") as handle:
+                handle.write(logs)
+        except Exception as error:  # keep tearing down
+            say("could not fetch the receiver logs: %s" % error)

@@ -262,14 +262,8 @@ def lab():
                 vm.run("zpool create -f tank /dev/vdb && zfs version | head -2")
             yield golden_lab
         finally:
-            with timings.phase("keep logs"):
-                try:
-                    golden_lab.stop_receiver()
-                    logs = vm.run("cd /var/log/zfsync && tail -n +1 *", check=False, timeout=120).stdout
-                    with open(os.path.join(OUTPUT, "receiver-logs.txt"), "w") as handle:
-                        handle.write(logs)
-                except Exception as error:  # keep tearing down
-                    labkit.say("could not fetch the receiver logs: %s" % error)
+            labkit.keep_logs(vm, timings, "cd /var/log/zfsync && tail -n +1 *",
+                             os.path.join(OUTPUT, "receiver-logs.txt"), before=golden_lab.stop_receiver)
     summary = "golden replay timings:\n" + timings.report()
     with open(os.path.join(OUTPUT, "report.txt"), "w") as handle:
         handle.write("\n".join(golden_lab.report) + "\n\n" + summary + "\n")

@@ -148,14 +148,8 @@ def lab():
                 privilege_lab.start_receiver()
             yield privilege_lab
         finally:
-            with timings.phase("keep logs"):
-                try:
-                    logs = vm.run("tail -n +1 %s/* && zfs allow %s && zfs list -t all -o name,canmount,mounted -r "
-                                  "tank" % (LOG_DIR, PARENT), check=False, timeout=120).stdout
-                    with open(os.path.join(OUTPUT, "receiver-logs.txt"), "w") as handle:
-                        handle.write(logs)
-                except Exception as error:  # keep tearing down
-                    labkit.say("could not fetch the receiver logs: %s" % error)
+            labkit.keep_logs(vm, timings, "tail -n +1 %s/* && zfs allow %s && zfs list -t all -o name,canmount,mounted "
+                             "-r tank" % (LOG_DIR, PARENT), os.path.join(OUTPUT, "receiver-logs.txt"))
     summary = "least-privilege lab timings:\n" + timings.report()
     with open(os.path.join(OUTPUT, "timings.txt"), "w") as handle:
         handle.write(summary + "\n")
